@@ -1,0 +1,37 @@
+# pipgate: a caching, verifying PyPI proxy.
+#   docker build -t pipgate .
+#   docker run -p 3141:3141 -v pipgate-cache:/var/cache/pipgate pipgate
+FROM python:3.11-slim
+
+LABEL org.opencontainers.image.title="pipgate" \
+      org.opencontainers.image.description="Caching, verifying PyPI proxy for firewalled networks" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.source="https://github.com/pipgate/pipgate"
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIPGATE_HOST=0.0.0.0 \
+    PIPGATE_PORT=3141 \
+    PIPGATE_CACHE_DIR=/var/cache/pipgate
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY server ./server
+RUN pip install . && rm -rf /src \
+    && useradd --system --uid 10001 --home-dir /var/cache/pipgate --shell /usr/sbin/nologin pipgate \
+    && mkdir -p /var/cache/pipgate /etc/pipgate \
+    && chown pipgate:pipgate /var/cache/pipgate
+
+WORKDIR /var/cache/pipgate
+USER pipgate
+VOLUME ["/var/cache/pipgate"]
+EXPOSE 3141
+
+# A TOML file mounted at /etc/pipgate/pipgate.toml is used when PIPGATE_CONFIG points at it.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:3141/healthz', timeout=4).status == 200 else 1)"
+
+ENTRYPOINT ["pipgate"]
+CMD ["serve"]

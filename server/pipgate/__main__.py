@@ -1,0 +1,5 @@
+"""Allow ``python -m pipgate``."""
+
+from pipgate.cli import main
+
+raise SystemExit(main())

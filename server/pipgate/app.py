@@ -1,0 +1,83 @@
+"""Builds the aiohttp application: services, routes, middlewares, start-up and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from pipgate.config import Config
+from pipgate.file_service import FileService
+from pipgate.index_service import IndexService
+from pipgate.metrics import Metrics
+from pipgate.page_render import PageRenderer
+from pipgate.root_list import RootListService
+from pipgate.store.blobs import BlobStore
+from pipgate.store.downloads import DownloadManager
+from pipgate.store.index import Index
+from pipgate.upstream.client import UpstreamClient
+from pipgate.web import files, middleware, ops, pages
+from pipgate.web.state import SERVICES, Services
+
+log = logging.getLogger("pipgate")
+
+
+def create_app(config: Config) -> web.Application:
+    """The pipgate application for ``config`` (services start with the app)."""
+    app = web.Application(middlewares=[middleware.count, middleware.errors])
+    add_routes(app)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        metrics = Metrics()
+        blobs = BlobStore(config.cache_dir)
+        removed = await asyncio.to_thread(_prepare_cache, blobs)
+        if removed:
+            log.info("removed %d unfinished temp files from an earlier run", removed)
+        index = Index(config.cache_dir)
+        client = UpstreamClient(config, metrics)
+        await client.start()
+        downloads = DownloadManager(blobs, client, metrics)
+        index_service = IndexService(config, index, client, metrics)
+        root = RootListService(config, index, client, metrics)
+        app[SERVICES] = Services(
+            config=config,
+            metrics=metrics,
+            client=client,
+            pages=index_service,
+            root=root,
+            files=FileService(index, blobs, downloads, index_service, client, metrics),
+            blobs=blobs,
+            renderer=PageRenderer(),
+        )
+        try:
+            yield
+        finally:
+            await downloads.close()
+            await root.close()
+            await client.close()
+            index.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def _prepare_cache(blobs: BlobStore) -> int:
+    blobs.ensure_dirs()
+    return blobs.clean_temp()
+
+
+def add_routes(app: web.Application) -> None:
+    """The URL map (route names are the ``route`` label of the request metrics)."""
+    r = app.router
+    r.add_get("/", ops.landing, name="landing")
+    r.add_get("/healthz", ops.healthz, name="healthz")
+    r.add_get("/readyz", ops.readyz, name="readyz")
+    r.add_get("/metrics", ops.metrics, name="metrics")
+    r.add_get("/simple", pages.simple_no_slash, name="simple_redirect")
+    r.add_get("/simple/", pages.root, name="simple_root")
+    r.add_get("/simple/{project}/", pages.project, name="simple_project")
+    r.add_get("/simple/{project}", pages.project_no_slash, name="simple_redirect_project")
+    r.add_get("/simple/{tail:.*}", pages.not_found, name="simple_other")
+    r.add_get("/files/{project}/{key}/{filename}", files.file, name="file")

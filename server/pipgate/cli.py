@@ -1,0 +1,93 @@
+"""Command line: ``pipgate serve`` (more subcommands join here)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from pipgate import __version__
+from pipgate.app import create_app
+from pipgate.config import SETTINGS, Config, ConfigError, load_config
+from pipgate.redact import redact_url
+
+log = logging.getLogger("pipgate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; every flag of a setting defaults to "not given"."""
+    parser = argparse.ArgumentParser(prog="pipgate", description="A caching, verifying PyPI proxy.")
+    parser.add_argument("--version", action="version", version=f"pipgate {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="run the proxy in the foreground")
+    _add_config_flags(serve)
+    return parser
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML configuration file (env PIPGATE_CONFIG)"
+    )
+    for setting in SETTINGS:
+        if setting.flag:
+            parser.add_argument(
+                setting.option,
+                dest=setting.name,
+                default=None,
+                metavar=setting.metavar or setting.name.upper(),
+                help=f"{setting.help} (env {setting.env_var}, toml {setting.toml_key})",
+            )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pipgate`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(
+            config_file=args.config,
+            env=os.environ,
+            flags={s.name: getattr(args, s.name, None) for s in SETTINGS if s.flag},
+        )
+    except ConfigError as exc:
+        print(f"pipgate: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        return serve(config)
+    return 2
+
+
+def serve(config: Config) -> int:
+    """Run the server until interrupted."""
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config.cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"pipgate: cache.dir {config.cache_dir}: cannot create ({exc})", file=sys.stderr)
+        return 2
+    log.info(
+        "pipgate %s on http://%s:%d/simple/ upstream=%s cache=%s",
+        __version__,
+        config.host,
+        config.port,
+        redact_url(config.upstream),
+        config.cache_dir,
+    )
+    try:
+        web.run_app(
+            create_app(config),
+            host=config.host,
+            port=config.port,
+            print=None,
+            access_log_format='%a "%r" %s %b %Tfs',
+        )
+    except OSError as exc:
+        print(f"pipgate: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0

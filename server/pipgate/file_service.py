@@ -1,0 +1,178 @@
+"""Distribution files and PEP 658 metadata: from the verified cache or from upstream.
+
+A cached blob is served without asking upstream (files are immutable); a miss starts
+(or joins) one shared :class:`~pipgate.store.downloads.Download` whose bytes reach the
+client while they arrive. The project page is consulted only on a miss, to learn the
+upstream URL and the published hashes, and for PEP 792 quarantine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipgate.errors import Reason, UpstreamError
+from pipgate.index_service import IndexService
+from pipgate.metrics import Metrics
+from pipgate.simple.model import DistFile
+from pipgate.store.blobs import VERIFIABLE, BlobStore, Committed, IntegrityError, is_sha256
+from pipgate.store.downloads import Download, DownloadManager
+from pipgate.store.index import BlobRecord, Index
+from pipgate.upstream.client import UpstreamClient
+
+log = logging.getLogger("pipgate.files")
+
+METADATA_SUFFIX = ".metadata"
+
+
+class FileNotFound(Exception):
+    """No such file (unknown, not offered, or the project is quarantined)."""
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the web layer sends: a committed blob, or a download in progress."""
+
+    filename: str
+    #: sha256 when known before the body is sent (for the ETag).
+    sha256: str | None
+    size: int | None
+    path: Path | None = None
+    download: Download | None = None
+    #: Whether the bytes were already in the cache before this request.
+    cached: bool = True
+
+
+class FileService:
+    """Resolves ``files/<project>/<key>/<filename>`` URLs to bytes."""
+
+    def __init__(
+        self,
+        index: Index,
+        blobs: BlobStore,
+        downloads: DownloadManager,
+        pages: IndexService,
+        client: UpstreamClient,
+        metrics: Metrics,
+    ) -> None:
+        self._index = index
+        self._blobs = blobs
+        self._downloads = downloads
+        self._pages = pages
+        self._client = client
+        self._metrics = metrics
+        self._metadata_inflight: dict[str, asyncio.Task[Served]] = {}
+
+    async def open(self, project: str, key: str, filename: str) -> Served:
+        """The file to send. Raises :class:`FileNotFound` or :class:`UpstreamError`."""
+        await self._check_offered(project)
+        cached = await self._cached(key, filename)
+        if cached is not None:
+            self._metrics.cache("file", "hit")
+            return cached
+        dist = await self._pages.find_file(project, key, filename)
+        if dist is None:
+            raise FileNotFound(f"{filename} is not a file of project {project}")
+        self._metrics.cache("file", "miss")
+
+        async def on_commit(committed: Committed) -> None:
+            await self._record(project, filename, key, committed)
+
+        download, started = self._downloads.get_or_start(
+            key, dist.url, _verifiable(dist), dist.size, on_commit
+        )
+        if started:
+            log.info("download %s/%s from %s", project, filename, self._client.name)
+        await download.wait_started()
+        return Served(
+            filename=filename,
+            sha256=dist.sha256,
+            size=download.size,
+            download=download,
+            cached=False,
+        )
+
+    async def metadata(self, project: str, key: str, filename: str) -> Served:
+        """The PEP 658 metadata file of distribution ``filename``."""
+        await self._check_offered(project)
+        meta_key = f"meta:{key}"
+        sha = await self._index.get_alias(meta_key)
+        if sha is not None:
+            size = await asyncio.to_thread(self._blobs.size, sha)
+            if size is not None:
+                self._metrics.cache("metadata", "hit")
+                return Served(filename + METADATA_SUFFIX, sha, size, self._blobs.path(sha))
+        task = self._metadata_inflight.get(meta_key)
+        if task is None:
+            task = asyncio.create_task(self._fetch_metadata(project, key, filename))
+            self._metadata_inflight[meta_key] = task
+            task.add_done_callback(lambda _t: self._metadata_inflight.pop(meta_key, None))
+        return await asyncio.shield(task)
+
+    async def _fetch_metadata(self, project: str, key: str, filename: str) -> Served:
+        dist = await self._pages.find_file(project, key, filename)
+        if dist is None or not dist.has_metadata:
+            raise FileNotFound(f"no metadata for {filename}")
+        self._metrics.cache("metadata", "miss")
+        try:
+            body = await self._client.fetch_small(dist.url + METADATA_SUFFIX)
+        except UpstreamError as exc:
+            self._metrics.failure(self._client.name, exc.reason)
+            raise
+        if body is None:
+            raise FileNotFound(f"upstream has no metadata for {filename}")
+        expected = {"sha256": dist.metadata_sha256} if dist.metadata_sha256 else {}
+        try:
+            committed = await asyncio.to_thread(self._blobs.put_bytes, body, expected)
+        except IntegrityError as exc:
+            self._metrics.failure(self._client.name, Reason(exc.kind))
+            log.warning("metadata %s/%s failed verification: %s", project, filename, exc)
+            raise UpstreamError(Reason(exc.kind), f"metadata of {filename}: {exc}") from exc
+        await self._index.put_alias(f"meta:{key}", committed.sha256)
+        return Served(
+            filename + METADATA_SUFFIX,
+            committed.sha256,
+            committed.size,
+            committed.path,
+            cached=False,
+        )
+
+    async def _check_offered(self, project: str) -> None:
+        # PEP 792: a quarantined project offers no files, cached ones included.
+        record = await self._index.get_page(project)
+        if record is not None and record.project_status == "quarantined":
+            raise FileNotFound(f"project {project} is quarantined upstream")
+
+    async def _cached(self, key: str, filename: str) -> Served | None:
+        sha = key if is_sha256(key) else await self._index.get_alias(key)
+        if sha is None:
+            return None
+        record = await self._index.get_blob(sha)
+        if record is None or record.filename != filename:
+            return None
+        size = await asyncio.to_thread(self._blobs.size, sha)
+        if size is None:
+            return None
+        return Served(filename=filename, sha256=sha, size=size, path=self._blobs.path(sha))
+
+    async def _record(self, project: str, filename: str, key: str, c: Committed) -> None:
+        await self._index.put_blob(
+            c.sha256,
+            BlobRecord(
+                project=project,
+                filename=filename,
+                size=c.size,
+                verified=c.verified,
+                stored_at=time.time(),
+            ),
+        )
+        if key != c.sha256:
+            await self._index.put_alias(key, c.sha256)
+
+
+def _verifiable(dist: DistFile) -> dict[str, str]:
+    """The published hashes pipgate can check (hashlib algorithms pip also accepts)."""
+    return {k.lower(): v for k, v in dist.hashes.items() if k.lower() in VERIFIABLE}

@@ -1,0 +1,170 @@
+"""The one internal model of simple-repository pages, shaped like PEP 691 JSON.
+
+Upstream pages arrive as HTML or JSON; both are parsed into these dataclasses once
+(``parse.py``) and every response is rendered from them (``render.py``). File URLs in
+the model are the *upstream's* absolute URLs; rewriting to pipgate happens at render
+time through a callback, so the cached model never depends on who asked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Highest API version pipgate understands. PEP 629: a client (and so a proxy reading an
+#: upstream) fails on an unknown major version and tolerates a higher minor one.
+SUPPORTED_MAJOR = 1
+#: PEP 833 froze HTML at 1.4: later versions only add JSON fields.
+HTML_MAX_VERSION = "1.4"
+
+_API_VERSION = re.compile(r"\s*([0-9]{1,9})\.([0-9]{1,9})\s*\Z")
+
+
+def api_version_tuple(value: str) -> tuple[int, int]:
+    """``"1.4"`` -> ``(1, 4)`` for numeric comparison (``"1.10"`` > ``"1.9"``).
+
+    PEP 629 versions are ``Major.Minor``; anything else raises ``ValueError``.
+    """
+    match = _API_VERSION.match(value)
+    if match is None:
+        raise ValueError(f"not a Major.Minor api version: {value[:40]!r}")
+    return int(match[1]), int(match[2])
+
+
+#: ``core_metadata`` values: absent, ``True`` (no hash known), or ``{"sha256": hex}``.
+CoreMetadata = bool | dict[str, str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class DistFile:
+    """One distribution file of a project page (PEP 691 "files" entry)."""
+
+    filename: str
+    #: Absolute upstream URL, without fragment.
+    url: str
+    #: Hash name -> hex digest, exactly as upstream gave them (PEP 691: always present).
+    hashes: dict[str, str] = field(default_factory=dict)
+    requires_python: str | None = None
+    #: PEP 658/714. ``None`` means upstream did not say.
+    core_metadata: CoreMetadata = None
+    gpg_sig: bool | None = None
+    #: PEP 592: ``False``, ``True`` or the (non-empty) reason string.
+    yanked: bool | str = False
+    #: PEP 700 (JSON ``size`` / uv's HTML ``data-size``).
+    size: int | None = None
+    #: PEP 700 ISO 8601 UTC string, passed through unchanged.
+    upload_time: str | None = None
+    #: PEP 740: absolute https URL, passed through unchanged; ``None`` = absent or null.
+    provenance: str | None = None
+    #: Unknown JSON keys of newer API versions, passed through unchanged.
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: Unknown ``data-*`` attributes of HTML anchors, passed through into HTML only.
+    html_attrs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str | None:
+        """The published sha256 in lowercase hex, if upstream gave one."""
+        value = self.hashes.get("sha256")
+        return value.lower() if value else None
+
+    @property
+    def metadata_sha256(self) -> str | None:
+        """The published sha256 of the PEP 658 ``.metadata`` file, if any."""
+        if isinstance(self.core_metadata, dict):
+            value = self.core_metadata.get("sha256")
+            return value.lower() if value else None
+        return None
+
+    @property
+    def has_metadata(self) -> bool:
+        """Whether upstream serves a PEP 658 metadata file for this distribution."""
+        return bool(self.core_metadata)
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectPage:
+    """A project detail page (PEP 691 project JSON)."""
+
+    #: PEP 503 normalised name.
+    name: str
+    files: tuple[DistFile, ...] = ()
+    #: Upstream's ``meta.api-version`` (or ``pypi:repository-version``), "1.0" if absent.
+    api_version: str = "1.0"
+    #: PEP 700 ``versions``; ``None`` when upstream did not send it (HTML, API 1.0).
+    versions: tuple[str, ...] | None = None
+    #: PEP 792 ``project-status`` object (``{"status": ..., "reason": ...}``) or ``None``.
+    project_status: dict[str, Any] | None = None
+    #: Unknown ``meta`` keys (e.g. PyPI's ``_last-serial``).
+    meta_extra: dict[str, Any] = field(default_factory=dict)
+    #: Unknown top-level keys (e.g. ``alternate-locations``).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        """PEP 792 status, ``active`` when upstream says nothing."""
+        if self.project_status and isinstance(self.project_status.get("status"), str):
+            return str(self.project_status["status"])
+        return "active"
+
+    @property
+    def quarantined(self) -> bool:
+        """PEP 792: a quarantined project MUST NOT offer any file for download."""
+        return self.status == "quarantined"
+
+    def offered_files(self) -> tuple[DistFile, ...]:
+        """The files a client may see and download (none while quarantined)."""
+        return () if self.quarantined else self.files
+
+    def to_json(self) -> bytes:
+        """Serialise for the page cache (lossless; not the client-facing JSON)."""
+        return json.dumps(_page_to_dict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ProjectPage:
+        """Inverse of :meth:`to_json`."""
+        raw = json.loads(data)
+        files = tuple(DistFile(**{**f, "hashes": dict(f["hashes"])}) for f in raw.pop("files"))
+        versions = raw.pop("versions")
+        return cls(
+            files=files,
+            versions=tuple(versions) if versions is not None else None,
+            **raw,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectEntry:
+    """One entry of the root project list."""
+
+    #: The name as upstream displays it (anchor text / JSON ``name``).
+    name: str
+
+
+def _page_to_dict(page: ProjectPage) -> dict[str, Any]:
+    return {
+        "name": page.name,
+        "files": [
+            {
+                "filename": f.filename,
+                "url": f.url,
+                "hashes": f.hashes,
+                "requires_python": f.requires_python,
+                "core_metadata": f.core_metadata,
+                "gpg_sig": f.gpg_sig,
+                "yanked": f.yanked,
+                "size": f.size,
+                "upload_time": f.upload_time,
+                "provenance": f.provenance,
+                "extra": f.extra,
+                "html_attrs": f.html_attrs,
+            }
+            for f in page.files
+        ],
+        "api_version": page.api_version,
+        "versions": list(page.versions) if page.versions is not None else None,
+        "project_status": page.project_status,
+        "meta_extra": page.meta_extra,
+        "extra": page.extra,
+    }

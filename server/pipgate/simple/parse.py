@@ -1,0 +1,546 @@
+"""Upstream simple-repository pages (bytes) -> the internal model.
+
+Pure: no I/O. Both serialisations (PEP 503 HTML, PEP 691 JSON) land in the same
+:mod:`pipgate.simple.model` dataclasses. The only exception any input can raise is
+:class:`PageParseError`; a single malformed file entry is skipped, not fatal, because
+one bad link upstream must not take a whole project offline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+from html.parser import HTMLParser
+from typing import Any, NoReturn, TypeVar
+from urllib.parse import unquote, urljoin, urlsplit
+
+from pipgate.simple.model import (
+    SUPPORTED_MAJOR,
+    CoreMetadata,
+    DistFile,
+    ProjectEntry,
+    ProjectPage,
+    api_version_tuple,
+)
+from pipgate.simple.names import MAX_NAME_LENGTH, is_valid_name
+
+__all__ = [
+    "PageParseError",
+    "ProjectListHtmlParser",
+    "parse_project_html",
+    "parse_project_json",
+    "parse_project_list_json",
+]
+
+
+class PageParseError(ValueError):
+    """An upstream page that cannot be understood (wrong shape or unknown API major)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Shared helpers
+
+#: PEP 503: the fragment's hash name is one of hashlib's guaranteed algorithms.
+_HASH_NAMES = frozenset(hashlib.algorithms_guaranteed)
+_HEX = re.compile(r"[0-9a-fA-F]+\Z")
+_DIGITS = re.compile(r"[0-9]{1,19}\Z")
+#: ``data-*`` attribute names that may be passed through into our HTML verbatim.
+_DATA_ATTR = re.compile(r"data-[a-z0-9_.:-]+\Z")
+
+
+def _api_version(value: object) -> str:
+    """PEP 629 version string; missing means 1.0; an unknown major version is fatal."""
+    if value is None:
+        return "1.0"
+    if not isinstance(value, str):
+        raise PageParseError("api-version is not a string")
+    try:
+        major, minor = api_version_tuple(value)
+    except ValueError:
+        raise PageParseError(f"bad api-version {value[:20]!r}") from None
+    # PEP 629: a client MUST fail on a major version it does not know.
+    if major > SUPPORTED_MAJOR:
+        raise PageParseError(f"unsupported api-version {major}.{minor}")
+    return f"{major}.{minor}"
+
+
+def _resolve(base: str, href: str) -> str | None:
+    """Absolute http(s) URL of ``href`` without fragment; ``None`` if unusable.
+
+    Other schemes (``file:``, ``javascript:``...) are dropped so an upstream page can
+    never make pipgate fetch something that is not a web resource.
+    """
+    try:
+        url = urljoin(base, href.strip()).partition("#")[0]
+        scheme = urlsplit(url).scheme
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        return None
+    return url if scheme in ("http", "https") else None
+
+
+def _safe_filename(filename: str) -> bool:
+    """Reject names that could escape a directory once the store uses them."""
+    return (
+        bool(filename)
+        and filename not in (".", "..")
+        and not any(c in filename for c in "/\\\x00")
+        and len(filename) <= 1024
+    )
+
+
+def _project_status(value: object) -> dict[str, Any] | None:
+    """PEP 792 ``project-status`` object, as given.
+
+    PEP 792's prose says ``state`` while PyPI, uv and the examples say ``status``; a
+    ``state``-only object is copied to ``status`` so a quarantine is never missed.
+    """
+    if isinstance(value, str):
+        return {"status": value}
+    if not isinstance(value, dict):
+        return None
+    status = dict(value)
+    if "status" not in status and isinstance(status.get("state"), str):
+        status["status"] = status["state"]
+    return status
+
+
+def _reject_constant(value: str) -> NoReturn:
+    # NaN/Infinity are not JSON; json.dumps would re-emit them and break clients.
+    raise ValueError(f"invalid JSON constant {value}")
+
+
+def _load_json_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise PageParseError(f"not JSON ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise PageParseError("JSON page is not an object")  # PEP 691: always an object
+    return data
+
+
+def _decode_html(body: bytes) -> str:
+    # PEP 503 pages are UTF-8 in practice; replacement keeps a stray byte from being
+    # fatal (it can only damage the one link it sits in).
+    return body.decode("utf-8", errors="replace").removeprefix("\ufeff")
+
+
+class _TolerantHTMLParser(HTMLParser):
+    """``html.parser`` that never raises (3.11 asserts on ``<![ ...`` sections)."""
+
+    def parse_marked_section(self, i: int, report: bool = True) -> int:
+        try:
+            return super().parse_marked_section(i, report)
+        except AssertionError:
+            # Treat a broken "<![" section like a bogus comment: skip to the next ">".
+            j = self.rawdata.find(">", i + 3)
+            return -1 if j < 0 else j + 1
+
+
+def _first_attrs(attrs: list[tuple[str, str | None]]) -> dict[str, str | None]:
+    """Attribute dict where the first occurrence wins (HTML5 tokenizer rule)."""
+    result: dict[str, str | None] = {}
+    for key, value in attrs:
+        result.setdefault(key, value)
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# Project page, JSON (PEP 691)
+
+_CORE_METADATA_KEYS = ("core-metadata", "data-dist-info-metadata", "dist-info-metadata")
+_FILE_KEYS = frozenset(
+    {
+        "filename",
+        "url",
+        "hashes",
+        "requires-python",
+        "gpg-sig",
+        "yanked",
+        "size",
+        "upload-time",
+        "provenance",
+        *_CORE_METADATA_KEYS,
+    }
+)
+_PAGE_KEYS = frozenset({"meta", "name", "files", "versions", "project-status"})
+
+
+class _BadEntry(Exception):
+    """A file entry with a wrong-typed field that decides what gets installed."""
+
+
+def parse_project_json(body: bytes, page_url: str, name: str) -> ProjectPage:
+    """Parse a PEP 691 project page; ``name`` is the normalised name pipgate asked for."""
+    data = _load_json_object(body)
+    meta = data.get("meta", {})
+    if not isinstance(meta, dict):
+        raise PageParseError("meta is not an object")
+    meta_extra = dict(meta)
+    api_version = _api_version(meta_extra.pop("api-version", None))
+    # PEP 792: top-level "project-status" (PyPI, uv); the living spec's example puts it
+    # under "meta", so accept that too (it is re-emitted at the top level).
+    meta_status = meta_extra.pop("project-status", None)
+    project_status = _project_status(data.get("project-status"))
+    if project_status is None:
+        project_status = _project_status(meta_status)
+
+    raw_files = data.get("files")
+    if not isinstance(raw_files, list):
+        raise PageParseError("files is not a list")
+    files: list[DistFile] = []
+    for entry in raw_files:
+        try:
+            dist = _json_file(entry, page_url)
+        except _BadEntry:
+            continue
+        if dist is not None:
+            files.append(dist)
+
+    raw_versions = data.get("versions")
+    versions = (
+        tuple(v for v in raw_versions if isinstance(v, str))
+        if isinstance(raw_versions, list)
+        else None
+    )
+    return ProjectPage(
+        name=name,
+        files=tuple(files),
+        api_version=api_version,
+        versions=versions,
+        project_status=project_status,
+        meta_extra=meta_extra,
+        extra={k: v for k, v in data.items() if k not in _PAGE_KEYS},
+    )
+
+
+def _json_file(entry: object, page_url: str) -> DistFile | None:
+    """One ``files`` entry.
+
+    Fields that decide what gets installed (filename, url, hashes, requires-python,
+    yanked) must have the right type or the entry is skipped; informational fields
+    (core-metadata, gpg-sig, size, upload-time, provenance) of the wrong type are dropped.
+    """
+    if not isinstance(entry, dict):
+        return None
+    filename = entry.get("filename")
+    href = entry.get("url")
+    if not isinstance(filename, str) or not isinstance(href, str):
+        return None
+    url = _resolve(page_url, href)  # PEP 691: relative URLs resolve like HTML's
+    if url is None or not _safe_filename(filename):
+        return None
+    return DistFile(
+        filename=filename,
+        url=url,
+        hashes=_json_hashes(entry.get("hashes")),
+        requires_python=_strict_str(entry.get("requires-python")),
+        core_metadata=_json_core_metadata(entry),
+        gpg_sig=_opt(entry.get("gpg-sig"), bool),
+        yanked=_json_yanked(entry.get("yanked")),
+        size=_json_size(entry.get("size")),
+        upload_time=_opt(entry.get("upload-time"), str),
+        provenance=_opt(entry.get("provenance"), str),
+        extra={k: v for k, v in entry.items() if k not in _FILE_KEYS},
+    )
+
+
+def _json_hashes(value: object) -> dict[str, str]:
+    if value is None:  # PEP 691 requires "hashes", but pip copes without; so do we
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise _BadEntry
+    return dict(value)  # byte-identical: names and digests exactly as given
+
+
+def _strict_str(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise _BadEntry
+
+
+def _json_yanked(value: object) -> bool | str:
+    # PEP 592/691: a bool or a non-empty reason; an empty reason still means yanked.
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return value or True
+    raise _BadEntry
+
+
+def _json_core_metadata(entry: dict[str, Any]) -> CoreMetadata:
+    # PEP 714: read "core-metadata" first, then the older names.
+    for key in _CORE_METADATA_KEYS:
+        value = entry.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            return dict(value)
+        # Wrong type: try the next name; metadata is only an optimisation for clients.
+    return None
+
+
+def _json_size(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+_T = TypeVar("_T")
+
+
+def _opt(value: object, kind: type[_T]) -> _T | None:
+    return value if isinstance(value, kind) else None
+
+
+# ---------------------------------------------------------------------------------------
+# Project page, HTML (PEP 503 + 592/629/658/714/740/792, uv's data-size/upload-time)
+
+_KNOWN_DATA_ATTRS = frozenset(
+    {
+        "data-requires-python",
+        "data-yanked",
+        "data-core-metadata",
+        "data-dist-info-metadata",
+        "data-gpg-sig",
+        "data-provenance",
+        "data-size",
+        "data-upload-time",
+    }
+)
+
+
+class _ProjectHtmlParser(_TolerantHTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.saw_markup = False
+        self.base_href: str | None = None
+        self.meta: dict[str, str] = {}
+        self.anchors: list[tuple[dict[str, str | None], list[str]]] = []
+        self._text: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.saw_markup = True
+        attributes = _first_attrs(attrs)
+        if tag == "a":
+            self._text = []
+            self.anchors.append((attributes, self._text))
+        elif tag == "base":
+            href = attributes.get("href")
+            if self.base_href is None and href:  # browsers and pip use the first one
+                self.base_href = href
+        elif tag == "meta":
+            name, content = attributes.get("name"), attributes.get("content")
+            if name and content is not None:
+                self.meta.setdefault(name.strip().lower(), content)
+
+    def handle_endtag(self, tag: str) -> None:
+        self.saw_markup = True
+        if tag == "a":
+            self._text = None
+
+    def handle_decl(self, decl: str) -> None:
+        self.saw_markup = True
+
+    def handle_data(self, data: str) -> None:
+        if self._text is not None:
+            self._text.append(data)
+
+
+def parse_project_html(body: bytes, page_url: str, name: str) -> ProjectPage:
+    """Parse a PEP 503 HTML project page; ``name`` is the normalised name requested."""
+    parser = _ProjectHtmlParser()
+    try:
+        parser.feed(_decode_html(body))
+        parser.close()
+    except AssertionError:  # html.parser internals; _TolerantHTMLParser should prevent it
+        raise PageParseError("unparseable HTML") from None
+    if not parser.saw_markup:
+        raise PageParseError("not an HTML page")
+
+    api_version = _api_version(parser.meta.get("pypi:repository-version"))
+    base = page_url
+    if parser.base_href:  # pip honours the first <base href>, so do we
+        with contextlib.suppress(ValueError):
+            base = urljoin(page_url, parser.base_href.strip())
+    files = tuple(
+        dist
+        for attrs, text in parser.anchors
+        if (dist := _html_file(attrs, "".join(text), base)) is not None
+    )
+    # PEP 792 HTML: pypi:project-status / pypi:project-status-reason meta tags.
+    project_status: dict[str, Any] = {}
+    if (status := parser.meta.get("pypi:project-status")) is not None:
+        project_status["status"] = status
+    if (reason := parser.meta.get("pypi:project-status-reason")) is not None:
+        project_status["reason"] = reason
+    return ProjectPage(
+        name=name,
+        files=files,
+        api_version=api_version,
+        project_status=project_status or None,
+    )
+
+
+def _html_file(attrs: dict[str, str | None], text: str, base: str) -> DistFile | None:
+    href = attrs.get("href")
+    if not href or not href.strip():
+        return None
+    url = _resolve(base, href)
+    if url is None:
+        return None
+    # PEP 503: the filename is the URL's last path segment (pip and uv read it there).
+    filename = unquote(urlsplit(url).path.rpartition("/")[2]) or text.strip()
+    if not _safe_filename(filename):
+        return None
+
+    yanked: bool | str = False
+    if "data-yanked" in attrs:
+        # PEP 592: present without a value (or empty) means yanked with no reason.
+        yanked = attrs["data-yanked"] or True
+    core_metadata = _html_core_metadata(attrs.get("data-core-metadata"))
+    if core_metadata is None:  # PEP 714: clients MAY fall back to the old name
+        core_metadata = _html_core_metadata(attrs.get("data-dist-info-metadata"))
+    size = attrs.get("data-size")
+    return DistFile(
+        filename=filename,
+        url=url,
+        hashes=_fragment_hashes(href.strip().partition("#")[2]),
+        requires_python=attrs.get("data-requires-python"),
+        core_metadata=core_metadata,
+        gpg_sig=_html_bool(attrs.get("data-gpg-sig")),
+        yanked=yanked,
+        size=int(size) if size and _DIGITS.match(size.strip()) else None,
+        upload_time=attrs.get("data-upload-time") or None,
+        provenance=attrs.get("data-provenance") or None,
+        html_attrs={
+            k: v or ""
+            for k, v in attrs.items()
+            if k not in _KNOWN_DATA_ATTRS and _DATA_ATTR.match(k)
+        },
+    )
+
+
+def _fragment_hashes(fragment: str) -> dict[str, str]:
+    """``sha256=<hex>`` (PEP 503) -> ``{"sha256": hex}``; ``egg=`` and the like are ignored."""
+    hashes: dict[str, str] = {}
+    for part in fragment.split("&"):
+        hash_name, eq, digest = part.partition("=")
+        hash_name = hash_name.lower()  # PEP 503: hash names are lowercase
+        if eq and hash_name in _HASH_NAMES and _HEX.match(digest):
+            hashes.setdefault(hash_name, digest)
+    return hashes
+
+
+def _html_core_metadata(value: str | None) -> CoreMetadata:
+    # PEP 658/714: "true" or "<hashname>=<hex>" (the hash of the .metadata file).
+    if value is None:
+        return None
+    value = value.strip()
+    if value.lower() == "true":
+        return True
+    if value.lower() == "false":
+        return False
+    hashes = _fragment_hashes(value)
+    return hashes or None
+
+
+def _html_bool(value: str | None) -> bool | None:
+    if value is None:
+        return None
+    lowered = value.strip().lower()
+    return True if lowered == "true" else False if lowered == "false" else None
+
+
+# ---------------------------------------------------------------------------------------
+# Root project list
+
+
+def parse_project_list_json(body: bytes) -> list[ProjectEntry]:
+    """Parse a PEP 691 root list; entries whose name is not a valid project are dropped."""
+    data = _load_json_object(body)
+    meta = data.get("meta", {})
+    if not isinstance(meta, dict):
+        raise PageParseError("meta is not an object")
+    _api_version(meta.get("api-version"))
+    projects = data.get("projects")
+    if not isinstance(projects, list):
+        raise PageParseError("projects is not a list")
+    return [
+        ProjectEntry(p["name"])
+        for p in projects
+        if isinstance(p, dict) and isinstance(p.get("name"), str) and is_valid_name(p["name"])
+    ]
+
+
+class _ProjectListParser(_TolerantHTMLParser):
+    # Longest anchor text worth keeping: anything longer is not a valid name, and the
+    # cap keeps memory constant even for an unclosed <a> on a 40 MB page.
+    _MAX_TEXT = MAX_NAME_LENGTH + 64
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.done: list[ProjectEntry] = []
+        self._text: list[str] | None = None
+        self._text_len = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.finish_anchor()  # an unclosed <a> ends where the next one starts
+            self._text = []
+            self._text_len = 0
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a":
+            self.finish_anchor()
+
+    def handle_data(self, data: str) -> None:
+        if self._text is not None and self._text_len <= self._MAX_TEXT:
+            self._text.append(data)
+            self._text_len += len(data)
+
+    def finish_anchor(self) -> None:
+        if self._text is None:
+            return
+        name = "".join(self._text).strip()
+        self._text = None
+        # PEP 503: the anchor text is the project name; anything else is not a project.
+        if is_valid_name(name):
+            self.done.append(ProjectEntry(name))
+
+    def take(self) -> list[ProjectEntry]:
+        done, self.done = self.done, []
+        return done
+
+
+class ProjectListHtmlParser:
+    """Incremental PEP 503 root-page parser: constant memory for PyPI's 40 MB page.
+
+    Feed decoded text chunks; each call returns the entries its chunk completed.
+    """
+
+    def __init__(self) -> None:
+        self._parser = _ProjectListParser()
+
+    def feed(self, text: str) -> list[ProjectEntry]:
+        """Parse one chunk; returns the entries completed by it."""
+        try:
+            self._parser.feed(text)
+        except AssertionError:
+            raise PageParseError("unparseable HTML") from None
+        return self._parser.take()
+
+    def close(self) -> list[ProjectEntry]:
+        """Flush the parser; returns the last entries (an unclosed final anchor too)."""
+        try:
+            self._parser.close()
+        except AssertionError:
+            raise PageParseError("unparseable HTML") from None
+        self._parser.finish_anchor()
+        return self._parser.take()

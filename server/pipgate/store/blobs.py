@@ -1,0 +1,192 @@
+"""Content-addressed, verified files on disk.
+
+Layout: ``<cache>/blobs/ab/cd/<sha256>``. A blob is written to ``<cache>/tmp/``,
+hashed while written, fsynced, checked against the published hash and only then
+renamed into place (same filesystem, atomic), followed by an fsync of the directory.
+So a blob path that exists is always complete and verified; a crash leaves at most a
+temp file, which :meth:`BlobStore.clean_temp` removes at start-up.
+
+All methods here block (disk I/O): callers run them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+#: Hash algorithms pip accepts in a link fragment, strongest first. When upstream
+#: publishes no sha256, the strongest one it does publish is verified.
+VERIFIABLE = ("sha512", "sha384", "sha256", "sha224", "sha1", "md5")
+
+
+class IntegrityError(Exception):
+    """The bytes do not match what upstream published; nothing was stored."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        #: ``hash_mismatch`` or ``truncated`` (same names as :class:`pipgate.errors.Reason`).
+        self.kind = kind
+
+
+def is_sha256(value: str) -> bool:
+    """Whether ``value`` is a lowercase hex sha256 (the blob naming scheme)."""
+    return bool(_SHA256.match(value))
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A blob now in the store."""
+
+    sha256: str
+    size: int
+    path: Path
+    #: False when upstream published no usable hash (stored as computed, unverified).
+    verified: bool
+
+
+class BlobStore:
+    """The directory of verified blobs and its temp area."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.root = cache_dir / "blobs"
+        self.tmp = cache_dir / "tmp"
+
+    def ensure_dirs(self) -> None:
+        """Create the directories (start-up)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        """Where the blob with this sha256 lives (whether or not it exists)."""
+        if not is_sha256(sha256):
+            raise ValueError("not a sha256 hex digest")
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def exists(self, sha256: str) -> bool:
+        """Whether a complete, verified blob is present."""
+        return is_sha256(sha256) and self.path(sha256).is_file()
+
+    def size(self, sha256: str) -> int | None:
+        """The blob's size in bytes, or ``None`` when it is absent."""
+        try:
+            return self.path(sha256).stat().st_size
+        except (OSError, ValueError):
+            return None
+
+    def writer(self, expected: Mapping[str, str], expected_size: int | None = None) -> BlobWriter:
+        """A writer for a new blob that must match ``expected`` hashes (name -> hex)."""
+        return BlobWriter(self, expected, expected_size)
+
+    def put_bytes(self, data: bytes, expected: Mapping[str, str]) -> Committed:
+        """Store a small body whole (PEP 658 metadata), verified like any blob."""
+        writer = self.writer(expected, len(data))
+        try:
+            writer.write(data)
+            return writer.commit()
+        finally:
+            writer.discard()
+
+    def remove(self, sha256: str) -> None:
+        """Delete a blob if present."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path(sha256).unlink()
+
+    def clean_temp(self) -> int:
+        """Remove leftover temp files of interrupted writes; returns how many."""
+        removed = 0
+        if not self.tmp.is_dir():
+            return 0
+        for entry in self.tmp.iterdir():
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                removed += 1
+        return removed
+
+    def iter_blobs(self) -> Iterator[tuple[str, Path]]:
+        """Every blob on disk as ``(sha256, path)``."""
+        if not self.root.is_dir():
+            return
+        for first in self.root.iterdir():
+            for second in first.iterdir() if first.is_dir() else ():
+                for blob in second.iterdir() if second.is_dir() else ():
+                    if is_sha256(blob.name):
+                        yield blob.name, blob
+
+
+class BlobWriter:
+    """Writes one blob to a temp file while hashing it; commits only if it verifies."""
+
+    def __init__(
+        self, store: BlobStore, expected: Mapping[str, str], expected_size: int | None
+    ) -> None:
+        self._store = store
+        self.expected = {k.lower(): v.lower() for k, v in expected.items()}
+        self.expected_size = expected_size
+        self.path = store.tmp / f"{uuid.uuid4().hex}.part"
+        self._file = open(self.path, "wb")  # noqa: SIM115 - closed in commit/discard
+        self._sha256 = hashlib.sha256()
+        # Verify the strongest published algorithm; sha256 is always computed for naming.
+        self._check_name = next((n for n in VERIFIABLE if n in self.expected), None)
+        self._check = (
+            hashlib.new(self._check_name) if self._check_name not in (None, "sha256") else None
+        )
+        self.written = 0
+
+    def write(self, chunk: bytes) -> None:
+        """Append and hash a chunk."""
+        self._file.write(chunk)
+        self._sha256.update(chunk)
+        if self._check is not None:
+            self._check.update(chunk)
+        self.written += len(chunk)
+
+    def flush(self) -> None:
+        """Make written bytes visible to readers of the temp file."""
+        self._file.flush()
+
+    def commit(self) -> Committed:
+        """Verify, fsync and move into place. Raises :class:`IntegrityError` on mismatch."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        if self.expected_size is not None and self.written != self.expected_size:
+            raise IntegrityError(
+                "truncated", f"got {self.written} bytes, expected {self.expected_size}"
+            )
+        sha256 = self._sha256.hexdigest()
+        verified = self._check_name is not None
+        if self._check_name == "sha256" and sha256 != self.expected["sha256"]:
+            raise IntegrityError("hash_mismatch", f"sha256 {sha256} != published")
+        if self._check is not None and self._check_name is not None:
+            actual = self._check.hexdigest()
+            if actual != self.expected[self._check_name]:
+                raise IntegrityError("hash_mismatch", f"{self._check_name} {actual} != published")
+        final = self._store.path(sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.path, final)
+        _fsync_dir(final.parent)
+        return Committed(sha256=sha256, size=self.written, path=final, verified=verified)
+
+    def discard(self) -> None:
+        """Drop the temp file (no-op after a successful commit)."""
+        if not self._file.closed:
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def _fsync_dir(path: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

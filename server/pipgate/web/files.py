@@ -1,0 +1,183 @@
+"""Handlers that send file bodies: verified blobs, downloads in progress, rendered lists.
+
+Range, If-Range, If-None-Match and HEAD are handled here (see :mod:`.ranges`) for
+cached blobs and for downloads still in flight alike. A download that fails
+verification is aborted before its last byte, so the client sees a broken transfer,
+never a complete wrong file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import BinaryIO
+
+from aiohttp import web
+
+from pipgate.errors import UpstreamError
+from pipgate.file_service import METADATA_SUFFIX, FileNotFound, Served
+from pipgate.links import is_file_key, is_safe_filename
+from pipgate.simple.names import is_valid_name, normalize
+from pipgate.web.http import content_type_for, text_error
+from pipgate.web.ranges import (
+    UNSATISFIABLE,
+    ByteRange,
+    etag_matches,
+    if_range_allows,
+    parse_range,
+)
+from pipgate.web.state import services
+
+log = logging.getLogger("pipgate.web")
+
+#: Files are immutable under their content-addressed URL.
+IMMUTABLE = "public, max-age=31536000, immutable"
+FALLBACK_CHUNK = 256 * 1024
+
+
+async def file(request: web.Request) -> web.StreamResponse:
+    """``GET|HEAD /files/<project>/<key>/<filename>`` (and ``<filename>.metadata``)."""
+    project = request.match_info["project"]
+    key = request.match_info["key"]
+    filename = request.match_info["filename"]
+    if not (
+        is_valid_name(project)
+        and normalize(project) == project
+        and is_file_key(key)
+        and is_safe_filename(filename)
+    ):
+        return text_error(404, "no such file")
+    svc = services(request)
+    try:
+        if filename.endswith(METADATA_SUFFIX):
+            served = await svc.files.metadata(project, key, filename[: -len(METADATA_SUFFIX)])
+        else:
+            served = await svc.files.open(project, key, filename)
+    except FileNotFound as exc:
+        return text_error(404, str(exc))
+    except UpstreamError as exc:
+        return text_error(
+            exc.client_status, f"upstream fetch failed: {exc.reason.value}", exc.reason
+        )
+    return await send(request, served)
+
+
+async def send(request: web.Request, served: Served) -> web.StreamResponse:
+    """Answer ``request`` with ``served``, honouring conditional and range headers."""
+    etag = f'"{served.sha256}"' if served.sha256 else None
+    headers = {
+        "Content-Type": content_type_for(served.filename),
+        "Accept-Ranges": "bytes",
+        "X-Pipgate-Cache": "hit" if served.cached else "miss",
+    }
+    if etag:
+        headers["ETag"] = etag
+        headers["Cache-Control"] = IMMUTABLE
+    if etag_matches(request.headers.get("If-None-Match"), etag):
+        return web.Response(status=304, headers=headers)
+
+    size = served.size
+    selected: ByteRange | None = None
+    if size is not None and if_range_allows(request.headers.get("If-Range"), etag):
+        parsed = parse_range(request.headers.get("Range"), size)
+        if parsed is UNSATISFIABLE:
+            headers["Content-Range"] = f"bytes */{size}"
+            return web.Response(status=416, headers=headers)
+        if isinstance(parsed, ByteRange):
+            selected = parsed
+
+    response = web.StreamResponse(status=206 if selected else 200, headers=headers)
+    if selected is not None:
+        response.headers["Content-Range"] = selected.content_range
+        response.content_length = selected.length
+    elif size is not None:
+        response.content_length = size
+    start = selected.first if selected else 0
+    end = selected.last + 1 if selected else None
+
+    if request.method == "HEAD":
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+
+    metrics = services(request).metrics
+    if served.path is not None:
+        count = (end if end is not None else (size or 0)) - start
+        await _sendfile(request, response, served.path, start, count)
+        metrics.bytes_served.labels(source="cache" if served.cached else "upstream").inc(count)
+        return response
+
+    assert served.download is not None
+    await response.prepare(request)
+    sent = 0
+    try:
+        async for chunk in served.download.read(start, end):
+            await response.write(chunk)
+            sent += len(chunk)
+    except UpstreamError as exc:
+        log.warning(
+            "aborting response for %s after %d bytes: %s", served.filename, sent, exc.reason.value
+        )
+        metrics.bytes_served.labels(source="upstream").inc(sent)
+        _abort(request)
+        return response
+    metrics.bytes_served.labels(source="upstream").inc(sent)
+    await response.write_eof()
+    return response
+
+
+async def send_file_path(
+    request: web.Request, path: Path, headers: dict[str, str]
+) -> web.StreamResponse:
+    """Send a whole file from disk (the rendered project list) with sendfile."""
+    size = await asyncio.to_thread(lambda: path.stat().st_size)
+    response = web.StreamResponse(status=200, headers=headers)
+    response.content_length = size
+    if request.method == "HEAD":
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+    await _sendfile(request, response, path, 0, size)
+    return response
+
+
+async def _sendfile(
+    request: web.Request, response: web.StreamResponse, path: Path, offset: int, count: int
+) -> None:
+    handle = await asyncio.to_thread(open, path, "rb")
+    try:
+        await response.prepare(request)
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        if count > 0:
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.sendfile(transport, handle, offset, count)
+            except NotImplementedError:
+                await _copy(response, handle, offset, count)
+        await response.write_eof()
+    finally:
+        await asyncio.to_thread(handle.close)
+
+
+async def _copy(response: web.StreamResponse, handle: BinaryIO, offset: int, count: int) -> None:
+    def read(n: int) -> bytes:
+        handle.seek(offset + done)
+        return handle.read(n)
+
+    done = 0
+    while done < count:
+        chunk = await asyncio.to_thread(read, min(FALLBACK_CHUNK, count - done))
+        if not chunk:
+            break
+        await response.write(chunk)
+        done += len(chunk)
+
+
+def _abort(request: web.Request) -> None:
+    """Cut the connection so the client sees an incomplete body, not a complete one."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()

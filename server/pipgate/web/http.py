@@ -1,0 +1,73 @@
+"""Small pure helpers for request headers and plain responses."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from pipgate.errors import Reason
+
+
+def wants_revalidation(cache_control: str | None, pragma: str | None = None) -> bool:
+    """Whether a client asked to bypass cached pages.
+
+    uv ``--refresh`` sends ``Cache-Control: no-cache``; pip ``--refresh-package`` sends
+    ``max-age=0``.
+    """
+    if pragma and "no-cache" in pragma.lower():
+        return True
+    if not cache_control:
+        return False
+    for directive in cache_control.lower().split(","):
+        name, _, value = directive.strip().partition("=")
+        if name == "no-cache" or (name == "max-age" and value.strip().strip('"') == "0"):
+            return True
+    return False
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether ``Accept-Encoding`` allows gzip (with q > 0)."""
+    if not accept_encoding:
+        return False
+    for item in accept_encoding.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() not in ("gzip", "x-gzip"):
+            continue
+        q = params.strip().lower()
+        if q.startswith("q="):
+            try:
+                return float(q[2:]) > 0
+            except ValueError:
+                return False
+        return True
+    return False
+
+
+def content_type_for(filename: str) -> str:
+    """The Content-Type of a distribution file; never a Content-Encoding.
+
+    (``mimetypes`` would call ``.tar.gz`` gzip-encoded, and clients would unpack it.)
+    """
+    lower = filename.lower()
+    if lower.endswith((".whl", ".zip", ".egg")):
+        return "application/zip"
+    if lower.endswith((".tar.gz", ".tgz")):
+        return "application/gzip"
+    if lower.endswith(".tar.bz2"):
+        return "application/x-bzip2"
+    if lower.endswith(".tar.xz"):
+        return "application/x-xz"
+    return "application/octet-stream"
+
+
+def text_error(status: int, message: str, reason: Reason | None = None) -> web.Response:
+    """A short plain-text error: one line, no traceback, no credentials."""
+    headers = {"Cache-Control": "no-store"}
+    if reason is not None:
+        headers["X-Pipgate-Reason"] = reason.value
+    return web.Response(
+        status=status,
+        text=f"pipgate: {message}\n",
+        content_type="text/plain",
+        charset="utf-8",
+        headers=headers,
+    )

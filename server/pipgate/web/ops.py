@@ -1,0 +1,55 @@
+"""Operations endpoints: health, readiness, metrics, and a landing page."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import os
+
+from aiohttp import web
+
+from pipgate import __version__
+from pipgate.redact import redact_url
+from pipgate.web.state import services
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: the cache directory is writable (JSON body says what is wrong)."""
+    svc = services(request)
+    problems = []
+    writable = await asyncio.to_thread(os.access, svc.blobs.tmp, os.W_OK)
+    if not writable:
+        problems.append(f"cache directory {svc.blobs.tmp} is not writable")
+    body = {
+        "ready": not problems,
+        "problems": problems,
+        "upstream": {"name": svc.client.name, "url": redact_url(svc.client.index_url)},
+    }
+    return web.json_response(body, status=200 if not problems else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition."""
+    svc = services(request)
+    body = svc.metrics.render()
+    return web.Response(body=body, headers={"Content-Type": svc.metrics.content_type})
+
+
+async def landing(request: web.Request) -> web.Response:
+    """A short page for people who open pipgate in a browser."""
+    svc = services(request)
+    upstream = html.escape(redact_url(svc.client.index_url))
+    page = (
+        "<!DOCTYPE html><html><head><title>pipgate</title></head><body>"
+        f"<h1>pipgate {html.escape(__version__)}</h1>"
+        f"<p>Caching proxy of <code>{upstream}</code>.</p>"
+        "<p>Use <code>pip install --index-url http://HOST:PORT/simple/ …</code>; "
+        'see <a href="simple/">simple/</a>, <a href="metrics">metrics</a>, '
+        '<a href="readyz">readyz</a>.</p></body></html>'
+    )
+    return web.Response(text=page, content_type="text/html")

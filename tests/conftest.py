@@ -1,0 +1,75 @@
+"""Shared fixtures: a fake PyPI upstream and pipgate, in-process or as a real process."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from pipgate.app import create_app
+from pipgate.config import Config
+from tests.support.fake_pypi import FakePyPI
+from tests.support.server import PipgateProcess
+
+
+def gate_config(cache_dir: Path, upstream: FakePyPI, **overrides: object) -> Config:
+    """A config for tests: the fake upstream, a temp cache, no retry delays."""
+    base = Config(
+        cache_dir=cache_dir,
+        upstream=upstream.index_url,
+        retries=0,
+        connect_timeout=5,
+        read_timeout=10,
+        page_timeout=10,
+    )
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakePyPI]:
+    """The sample dependency tree served as PEP 691 JSON from a thread."""
+    fake = FakePyPI.with_sample_tree(page_format="json")
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(params=["json", "html"])
+def any_upstream(request: pytest.FixtureRequest) -> Iterator[FakePyPI]:
+    """The sample tree served as JSON, then as HTML (both parse paths)."""
+    fake = FakePyPI.with_sample_tree(page_format=request.param)
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+GateFactory = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+def make_gate(aiohttp_client: Any, upstream: FakePyPI, tmp_path: Path) -> GateFactory:
+    """Start pipgate in-process on loopback with config overrides."""
+
+    async def start(**overrides: object) -> TestClient:
+        config = gate_config(tmp_path / "cache", upstream, **overrides)
+        client: TestClient = await aiohttp_client(create_app(config))
+        return client
+
+    return start
+
+
+@pytest.fixture
+async def gate(make_gate: GateFactory) -> TestClient:
+    """pipgate in-process on loopback, in front of ``upstream``, default settings."""
+    return await make_gate()
+
+
+@pytest.fixture
+def gate_process(upstream: FakePyPI, tmp_path: Path) -> Iterator[PipgateProcess]:
+    """pipgate as a real ``pipgate serve`` process in front of ``upstream``."""
+    with PipgateProcess(upstream=upstream.index_url, cache_dir=tmp_path / "cache") as proc:
+        yield proc

@@ -1,0 +1,119 @@
+"""Configuration: precedence, validation, and one-line errors that name the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipgate.config import (
+    SETTINGS,
+    Config,
+    ConfigError,
+    load_config,
+    parse_duration,
+    parse_size,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "pipgate.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_point_at_pypi_on_loopback() -> None:
+    config = load_config(env={})
+    assert config.upstream == "https://pypi.org/simple/"
+    assert config.host == "127.0.0.1"
+    assert config.index_ttl == 600
+
+
+def test_precedence_is_flags_over_env_over_file_over_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\nport = 1111\nhost = "0.0.0.0"\n[cache]\nindex_ttl = "5m"\n')
+    env = {"PIPGATE_PORT": "2222", "PIPGATE_INDEX_TTL": "7"}
+    config = load_config(config_file=path, env=env, flags={"port": "3333"})
+    assert config.port == 3333  # flag
+    assert config.index_ttl == 7  # env beats file
+    assert config.host == "0.0.0.0"  # file beats default
+    assert config.max_stale == Config().max_stale  # default
+
+
+def test_config_file_can_come_from_env(tmp_path: Path) -> None:
+    path = write(tmp_path, '[upstream]\nurl = "https://mirror.example/simple"\n')
+    config = load_config(env={"PIPGATE_CONFIG": str(path)})
+    assert config.upstream == "https://mirror.example/simple/"
+
+
+@pytest.mark.parametrize(
+    ("source", "text", "needle"),
+    [
+        ("toml", "[cache]\nindex_ttl = 'soon'\n", "cache.index_ttl"),
+        ("toml", "[cache]\nttl = 5\n", "unknown key cache.ttl"),
+        ("toml", "[nope]\n", "unknown section [nope]"),
+        ("toml", "[server\n", "invalid TOML"),
+        ("toml", "[server]\nport = 70000\n", "server.port"),
+        ("toml", "[upstream]\nurl = 'ftp://x/'\n", "upstream.url"),
+        ("env", "PIPGATE_PORT=abc", "PIPGATE_PORT"),
+        ("env", "PIPGATE_MAX_STALE=-5", "PIPGATE_MAX_STALE"),
+        ("flag", "upstream=not a url", "--upstream"),
+        ("flag", "index_ttl=1x", "--index-ttl"),
+    ],
+)
+def test_bad_values_raise_one_line_naming_the_key(
+    tmp_path: Path, source: str, text: str, needle: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        if source == "toml":
+            load_config(config_file=write(tmp_path, text), env={})
+        elif source == "env":
+            key, value = text.split("=", 1)
+            load_config(env={key: value})
+        else:
+            key, value = text.split("=", 1)
+            load_config(env={}, flags={key: value})
+    message = str(caught.value)
+    assert needle in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [(600, 600), ("600", 600), ("10m", 600), ("1.5h", 5400), ("1d", 86400), ("250ms", 0.25)],
+)
+def test_durations(raw: object, seconds: float) -> None:
+    assert parse_duration(raw) == seconds
+
+
+@pytest.mark.parametrize(
+    ("raw", "size"),
+    [(1024, 1024), ("50GB", 50 << 30), ("512MiB", 512 << 20), ("1k", 1024), ("0", 0)],
+)
+def test_sizes(raw: object, size: int) -> None:
+    assert parse_size(raw) == size
+
+
+def test_every_setting_is_in_the_documented_example_config() -> None:
+    example = (REPO / "config" / "pipgate.toml").read_text()
+    for setting in SETTINGS:
+        assert f"{setting.key} =" in example, setting.toml_key
+    # And the example itself is valid.
+    load_config(config_file=REPO / "config" / "pipgate.toml", env={})
+
+
+def test_cli_exits_2_with_one_line_on_bad_value() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pipgate", "serve", "--port", "notaport"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "--port" in lines[0]

@@ -1,0 +1,183 @@
+"""Files through pipgate: verified before cached, served with exact HTTP semantics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+from yarl import URL
+
+from tests.support.fake_pypi import FakePyPI
+from tests.support.metrics import metric_value
+from tests.support.packages import BuiltDist, build_wheel, sample_tree
+
+JSON = "application/vnd.pypi.simple.v1+json"
+ALPHA = "alpha-1.0-py3-none-any.whl"
+
+
+def dist(filename: str) -> BuiltDist:
+    return next(d for d in sample_tree() if d.filename == filename)
+
+
+async def file_path(gate: TestClient, project: str, filename: str) -> str:
+    """The path pipgate's own page links ``filename`` to."""
+    page = json.loads(
+        await (await gate.get(f"/simple/{project}/", headers={"Accept": JSON})).read()
+    )
+    url = next(f["url"] for f in page["files"] if f["filename"] == filename)
+    return gate.make_url(f"/simple/{project}/").join(URL(url)).path
+
+
+async def metric(gate: TestClient, name: str, **labels: str) -> float:
+    return metric_value(await (await gate.get("/metrics")).text(), name, **labels)
+
+
+async def test_file_urls_are_stable_content_addressed_and_end_in_filename(gate: TestClient) -> None:
+    path = await file_path(gate, "alpha", ALPHA)
+    assert path == f"/files/alpha/{dist(ALPHA).sha256}/{ALPHA}"
+
+
+async def test_first_download_streams_then_cache_serves_without_upstream(
+    gate: TestClient, upstream: FakePyPI
+) -> None:
+    path = await file_path(gate, "alpha", ALPHA)
+    first = await gate.get(path)
+    assert first.status == 200
+    assert first.headers["X-Pipgate-Cache"] == "miss"
+    assert await first.read() == dist(ALPHA).data
+    second = await gate.get(path)
+    assert second.headers["X-Pipgate-Cache"] == "hit"
+    assert int(second.headers["Content-Length"]) == dist(ALPHA).size
+    assert hashlib.sha256(await second.read()).hexdigest() == dist(ALPHA).sha256
+    assert upstream.downloads(ALPHA) == 1
+
+
+async def test_head_etag_and_conditional_get(gate: TestClient) -> None:
+    path = await file_path(gate, "alpha", ALPHA)
+    await (await gate.get(path)).read()
+    head = await gate.head(path)
+    assert head.status == 200
+    assert head.headers["Content-Length"] == str(dist(ALPHA).size)
+    assert head.headers["Accept-Ranges"] == "bytes"
+    assert head.headers["ETag"] == f'"{dist(ALPHA).sha256}"'
+    assert head.headers["Content-Type"] == "application/zip"
+    assert "Content-Encoding" not in head.headers
+    cond = await gate.get(path, headers={"If-None-Match": head.headers["ETag"]})
+    assert cond.status == 304
+
+
+@pytest.mark.parametrize(
+    ("header", "status", "content_range", "slice_"),
+    [
+        ("bytes=0-9", 206, "bytes 0-9/{n}", slice(0, 10)),
+        ("bytes=10-", 206, "bytes 10-{last}/{n}", slice(10, None)),
+        ("bytes=-100", 206, "bytes {tail}-{last}/{n}", slice(-100, None)),
+        ("bytes=0-99999999", 206, "bytes 0-{last}/{n}", slice(0, None)),
+        ("bytes=99999999-", 416, "bytes */{n}", None),
+        ("bytes=0-1,5-6", 200, None, slice(0, None)),
+        ("items=0-1", 200, None, slice(0, None)),
+        ("bytes=5-2", 200, None, slice(0, None)),
+    ],
+)
+async def test_range_requests_on_cached_file(
+    gate: TestClient,
+    header: str,
+    status: int,
+    content_range: str | None,
+    slice_: slice | None,
+) -> None:
+    path = await file_path(gate, "alpha", ALPHA)
+    await (await gate.get(path)).read()
+    data = dist(ALPHA).data
+    n = len(data)
+    resp = await gate.get(path, headers={"Range": header})
+    assert resp.status == status
+    if content_range:
+        assert resp.headers["Content-Range"] == content_range.format(n=n, last=n - 1, tail=n - 100)
+    if slice_ is not None:
+        assert await resp.read() == data[slice_]
+
+
+async def test_if_range_with_other_etag_gets_whole_file(gate: TestClient) -> None:
+    path = await file_path(gate, "alpha", ALPHA)
+    await (await gate.get(path)).read()
+    etag = f'"{dist(ALPHA).sha256}"'
+    resumed = await gate.get(path, headers={"Range": "bytes=100-", "If-Range": etag})
+    assert resumed.status == 206
+    changed = await gate.get(path, headers={"Range": "bytes=100-", "If-Range": '"other"'})
+    assert changed.status == 200
+    assert await changed.read() == dist(ALPHA).data
+
+
+async def test_pep658_metadata_is_served_verified_and_cached(
+    gate: TestClient, upstream: FakePyPI
+) -> None:
+    path = await file_path(gate, "alpha", ALPHA)
+    for _ in range(2):
+        resp = await gate.get(path + ".metadata")
+        assert resp.status == 200
+        assert await resp.read() == dist(ALPHA).metadata
+    assert upstream.count(upstream.file_path(dist(ALPHA)) + ".metadata") == 1
+
+
+async def test_corrupt_metadata_is_refused(gate: TestClient, upstream: FakePyPI) -> None:
+    upstream.corrupt.add(ALPHA + ".metadata")
+    path = await file_path(gate, "alpha", ALPHA)
+    resp = await gate.get(path + ".metadata")
+    assert resp.status == 503
+    assert resp.headers["X-Pipgate-Reason"] == "hash_mismatch"
+
+
+async def test_hash_mismatch_aborts_the_body_and_counts_the_failure(
+    gate: TestClient, upstream: FakePyPI
+) -> None:
+    upstream.corrupt.add(ALPHA)
+    path = await file_path(gate, "alpha", ALPHA)
+    resp = await gate.get(path)
+    assert resp.status == 200  # headers were sent while the bytes streamed
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+    assert await metric(gate, "pipgate_download_failures_total", reason="hash_mismatch") == 1
+    retry = await gate.get(path)
+    assert retry.headers["X-Pipgate-Cache"] == "miss"  # nothing was cached
+
+
+async def test_truncated_upstream_body_aborts_the_client_and_is_never_cached(
+    gate: TestClient, upstream: FakePyPI
+) -> None:
+    big = build_wheel("bigpkg", "1.0", pad_to=2 << 20)
+    upstream.add(big)
+    upstream.truncate[big.filename] = 1 << 20
+    path = await file_path(gate, "bigpkg", big.filename)
+    resp = await gate.get(path)
+    assert resp.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+    assert await metric(gate, "pipgate_download_failures_total", reason="truncated") == 1
+    upstream.truncate.clear()
+    ok = await gate.get(path)
+    assert ok.headers["X-Pipgate-Cache"] == "miss"
+    assert await ok.read() == big.data
+
+
+@pytest.mark.parametrize(("status", "expected"), [(404, 404), (503, 503), (403, 502)])
+async def test_upstream_file_errors_map_to_clear_statuses(
+    gate: TestClient, upstream: FakePyPI, status: int, expected: int
+) -> None:
+    path = await file_path(gate, "alpha", ALPHA)
+    upstream.file_status = status
+    resp = await gate.get(path)
+    assert resp.status == expected
+    assert "Traceback" not in await resp.text()
+
+
+async def test_cache_metrics_count_hits_and_misses(gate: TestClient) -> None:
+    path = await file_path(gate, "alpha", ALPHA)
+    await (await gate.get(path)).read()
+    await (await gate.get(path)).read()
+    assert await metric(gate, "pipgate_cache_requests_total", kind="file", result="miss") == 1
+    assert await metric(gate, "pipgate_cache_requests_total", kind="file", result="hit") == 1
+    assert await metric(gate, "pipgate_cache_requests_total", kind="index", result="miss") == 1
