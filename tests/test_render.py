@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import quote
 
 import pypi_simple
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pipgate.simple.model import DistFile, ProjectEntry, ProjectPage
@@ -42,9 +43,7 @@ def pipgate_url(dist: DistFile) -> str:
 
 
 def _file(filename: str, **kwargs: Any) -> DistFile:
-    return DistFile(
-        filename=filename, url=f"https://files.example/p/{quote(filename)}", **kwargs
-    )
+    return DistFile(filename=filename, url=f"https://files.example/p/{quote(filename)}", **kwargs)
 
 
 FULL_PAGE = ProjectPage(
@@ -385,7 +384,7 @@ def test_pypi_simple_reads_our_json() -> None:
     body = render_project_json(FULL_PAGE, identity)
     parsed = pypi_simple.ProjectPage.from_json_data(json.loads(body), base_url=PAGE_URL)
     assert parsed.repository_version == "1.4"
-    assert parsed.versions == ["1.0", "1.1"]
+    assert parsed.versions == ["1.0", "1.1", "1.2", "1.3"]  # derived; the odd name skipped
     for pkg, dist in zip(parsed.packages, FULL_PAGE.files, strict=True):
         assert pkg.filename == dist.filename
         assert pkg.url == dist.url
@@ -406,18 +405,18 @@ _TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
 _NONEMPTY = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=20)
 _HEXDIGEST = st.text("0123456789abcdefABCDEF", min_size=1, max_size=64)
 _FILENAME = _NONEMPTY.filter(lambda s: s not in (".", "..") and not set(s) & set("/\\\x00"))
+_KNOWN_DATA_ATTRS = {
+    "data-requires-python",
+    "data-yanked",
+    "data-core-metadata",
+    "data-dist-info-metadata",
+    "data-gpg-sig",
+    "data-provenance",
+    "data-size",
+    "data-upload-time",
+}
 _DATA_KEY = st.from_regex(r"data-[a-z0-9_.:-]{1,10}", fullmatch=True).filter(
-    lambda k: k
-    not in {
-        "data-requires-python",
-        "data-yanked",
-        "data-core-metadata",
-        "data-dist-info-metadata",
-        "data-gpg-sig",
-        "data-provenance",
-        "data-size",
-        "data-upload-time",
-    }
+    lambda k: k not in _KNOWN_DATA_ATTRS
 )
 
 
@@ -430,9 +429,7 @@ def _html_file(draw: st.DrawFn) -> DistFile:
         filename,
         hashes=draw(st.one_of(st.just({}), _HEXDIGEST.map(lambda h: {hash_name: h}))),
         requires_python=draw(st.none() | _TEXT),
-        core_metadata=draw(
-            st.sampled_from([None, True]) | _HEXDIGEST.map(lambda h: {"sha256": h})
-        ),
+        core_metadata=draw(st.sampled_from([None, True]) | _HEXDIGEST.map(lambda h: {"sha256": h})),
         gpg_sig=draw(st.sampled_from([None, True, False])),
         yanked=draw(st.sampled_from([False, True]) | _NONEMPTY),
         size=draw(st.none() | st.integers(0, 10**15)),
@@ -454,15 +451,31 @@ _HTML_PAGE = st.builds(
     project_status=_STATUS,
 )
 
-_JSON_LEAF = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _TEXT
+_JSON_LEAF = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _TEXT
+)
 _JSON_VALUE = st.recursive(
     _JSON_LEAF,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
     max_leaves=8,
 )
 _KNOWN_FILE_KEYS = {
-    "filename", "url", "hashes", "requires-python", "core-metadata", "dist-info-metadata",
-    "data-dist-info-metadata", "gpg-sig", "yanked", "size", "upload-time", "provenance",
+    "filename",
+    "url",
+    "hashes",
+    "requires-python",
+    "core-metadata",
+    "dist-info-metadata",
+    "data-dist-info-metadata",
+    "gpg-sig",
+    "yanked",
+    "size",
+    "upload-time",
+    "provenance",
 }
 
 
@@ -490,8 +503,9 @@ def _json_file(draw: st.DrawFn, sized: bool) -> DistFile:
     )
 
 
+# Not quarantined (that hides files), and no "state" alias (the parser copies it).
 _STATUS_ANY = st.none() | st.dictionaries(_TEXT, _JSON_VALUE, max_size=2).filter(
-    lambda s: s.get("status") != "quarantined"
+    lambda s: s.get("status") != "quarantined" and "state" not in s
 )
 _PAGE_KEYS = ("meta", "name", "files", "versions", "project-status")
 
@@ -519,6 +533,7 @@ def _json_page(draw: st.DrawFn) -> ProjectPage:
     )
 
 
+_JSON_PAGE = _json_page()
 _SETTINGS = settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -530,7 +545,7 @@ def test_html_round_trip(page: ProjectPage) -> None:
 
 
 @_SETTINGS
-@given(_JSON_PAGE := _json_page())
+@given(_JSON_PAGE)
 def test_json_round_trip(page: ProjectPage) -> None:
     assert json_api_version(page) == page.api_version
     body = render_project_json(page, identity)
@@ -540,6 +555,11 @@ def test_json_round_trip(page: ProjectPage) -> None:
 @_SETTINGS
 @given(_HTML_PAGE)
 def test_pypi_simple_agrees_with_our_html(page: ProjectPage) -> None:
+    # pypi-simple strips the anchor text it reads filenames from, and knows only the
+    # PEP 792 statuses; neither is a property of our output.
+    assume(all(f.filename == f.filename.strip() for f in page.files))
+    if page.project_status is not None:
+        page = replace(page, project_status={"status": "archived"})
     html = render_project_html(page, identity)
     parsed = pypi_simple.ProjectPage.from_html(page.name, html, base_url=PAGE_URL)
     _assert_pypi_simple_agrees(parsed.packages, page)

@@ -36,6 +36,7 @@ DEFAULT_UPLOAD_TIME = "2024-01-02T03:04:05.000000Z"
 #: Headers kept in `FakePyPI.requests` (lowercase names).
 RECORDED_HEADERS = (
     "accept",
+    "authorization",
     "accept-encoding",
     "cache-control",
     "host",
@@ -157,6 +158,8 @@ class FakePyPI:
         #: Base for file URLs on pages (another host, like files.pythonhosted.org).
         #: None: the origin the page request came to.
         self.files_url: str | None = None
+        #: Extra display names listed by the root page only (large-list tests).
+        self.root_names: list[str] = []
         #: Every request seen: (method, path, selected lowercase headers).
         self.requests: list[tuple[str, str, dict[str, str]]] = []
 
@@ -343,6 +346,7 @@ class FakePyPI:
         as_json = self._choose_json(request)
         with self._lock:
             projects = sorted(self._display.items())
+            projects += [(canonicalize_name(n), n) for n in self.root_names]
             serial = self._serial
         if as_json:
             doc = {

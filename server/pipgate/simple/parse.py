@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import html
 import json
 import re
 from html.parser import HTMLParser
@@ -479,68 +480,110 @@ def parse_project_list_json(body: bytes) -> list[ProjectEntry]:
     ]
 
 
-class _ProjectListParser(_TolerantHTMLParser):
-    # Longest anchor text worth keeping: anything longer is not a valid name, and the
-    # cap keeps memory constant even for an unclosed <a> on a 40 MB page.
-    _MAX_TEXT = MAX_NAME_LENGTH + 64
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.done: list[ProjectEntry] = []
-        self._text: list[str] | None = None
-        self._text_len = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            self.finish_anchor()  # an unclosed <a> ends where the next one starts
-            self._text = []
-            self._text_len = 0
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "a":
-            self.finish_anchor()
-
-    def handle_data(self, data: str) -> None:
-        if self._text is not None and self._text_len <= self._MAX_TEXT:
-            self._text.append(data)
-            self._text_len += len(data)
-
-    def finish_anchor(self) -> None:
-        if self._text is None:
-            return
-        name = "".join(self._text).strip()
-        self._text = None
-        # PEP 503: the anchor text is the project name; anything else is not a project.
-        if is_valid_name(name):
-            self.done.append(ProjectEntry(name))
-
-    def take(self) -> list[ProjectEntry]:
-        done, self.done = self.done, []
-        return done
+#: One token of a root page. The first alternative is the whole common PyPI line
+#: (``<a href="...">name</a>``) in one match, which makes this scanner about 4x faster
+#: than ``html.parser`` on PyPI's 930k anchors; the rest cover any other HTML. A
+#: ``(?P<open_...>\Z)`` group marks a construct cut off by the end of the chunk.
+_ROOT_TOKEN = re.compile(
+    r"""
+      (?P<anchor><a(?:\s(?:[^<>"']|"[^"]*"|'[^']*')*)?>(?P<anchor_text>[^<]*)</a\s*>)
+    | (?P<text>[^<]+)
+    | (?P<raw><(?P<raw_name>script|style)\b.*?(?:</(?P=raw_name)\s*>|(?P<open_raw>\Z)))
+    | (?P<comment><!--.*?(?:-->|(?P<open_comment>\Z)))
+    | (?P<decl><[!?][^>]*(?:>|(?P<open_decl>\Z)))
+    | (?P<tag><(?P<slash>/)?(?P<name>[a-z][^\s/>]*)
+        (?:[^>"']|"[^"]*(?:"|\Z)|'[^']*(?:'|\Z))*(?:>|(?P<open_tag>\Z)))
+    | (?P<lt><)
+    """,
+    re.DOTALL | re.IGNORECASE | re.VERBOSE,
+)
+#: Alternative -> the group that is set when the chunk ended inside it.
+_OPEN_GROUPS = {
+    "tag": "open_tag",
+    "raw": "open_raw",
+    "comment": "open_comment",
+    "decl": "open_decl",
+}
 
 
 class ProjectListHtmlParser:
     """Incremental PEP 503 root-page parser: constant memory for PyPI's 40 MB page.
 
-    Feed decoded text chunks; each call returns the entries its chunk completed.
+    Feed decoded text chunks; each call returns the entries its chunk completed. Never
+    raises: anything that is not an anchor with a valid project name is skipped.
     """
 
+    #: A construct still unfinished after this many characters (an unclosed comment,
+    #: say) is taken as ending at the chunk's end, so memory stays bounded.
+    _MAX_PENDING = 1 << 16
+    #: Longest anchor text worth keeping: anything longer is not a valid name.
+    _MAX_TEXT = MAX_NAME_LENGTH + 64
+
     def __init__(self) -> None:
-        self._parser = _ProjectListParser()
+        self._pending = ""
+        self._text: list[str] | None = None  # inside an <a> that the fast path missed
+        self._text_len = 0
+        self._done: list[ProjectEntry] = []
 
     def feed(self, text: str) -> list[ProjectEntry]:
         """Parse one chunk; returns the entries completed by it."""
-        try:
-            self._parser.feed(text)
-        except AssertionError:
-            raise PageParseError("unparseable HTML") from None
-        return self._parser.take()
+        self._scan(self._pending + text, final=False)
+        return self._take()
 
     def close(self) -> list[ProjectEntry]:
-        """Flush the parser; returns the last entries (an unclosed final anchor too)."""
-        try:
-            self._parser.close()
-        except AssertionError:
-            raise PageParseError("unparseable HTML") from None
-        self._parser.finish_anchor()
-        return self._parser.take()
+        """Flush; returns the last entries (an unclosed final anchor too)."""
+        self._scan(self._pending, final=True)
+        self._finish_anchor()
+        return self._take()
+
+    def _scan(self, buf: str, *, final: bool) -> None:
+        pos, end = 0, len(buf)
+        match = _ROOT_TOKEN.match
+        waiting_allowed = not final
+        while pos < end:
+            token = match(buf, pos)
+            assert token is not None  # "<" and "[^<]+" together match anything
+            kind = token.lastgroup  # the outermost group: which alternative matched
+            if waiting_allowed and end - pos <= self._MAX_PENDING:
+                # A construct cut off by the chunk's end, or a trailing "<" / "</" that
+                # may still become a tag: wait for the rest.
+                if kind == "lt" and end - pos <= 2:
+                    break
+                cut_group = _OPEN_GROUPS.get(kind or "")
+                if cut_group and token.end() == end and token[cut_group] is not None:
+                    break
+            pos = token.end()
+            if kind == "anchor":
+                self._finish_anchor()
+                self._add(token["anchor_text"])
+            elif (
+                kind == "text" or kind == "lt" or (kind == "tag" and token["open_tag"] is not None)
+            ):
+                # A tag cut off by the end of input is text, as in html.parser.
+                self._append_text(token[0])
+            elif kind == "tag" and token["name"].lower() == "a":
+                self._finish_anchor()  # also ends an unclosed previous <a>
+                if token["slash"] is None:
+                    self._text, self._text_len = [], 0
+            # Other tags, comments, script/style and declarations carry no entries.
+        self._pending = buf[pos:]
+
+    def _append_text(self, text: str) -> None:
+        if self._text is not None and self._text_len <= self._MAX_TEXT:
+            self._text.append(text)
+            self._text_len += len(text)
+
+    def _finish_anchor(self) -> None:
+        if self._text is not None:
+            text, self._text = "".join(self._text), None
+            self._add(text)
+
+    def _add(self, raw_text: str) -> None:
+        # PEP 503: the anchor text is the project name; anything else is not a project.
+        name = html.unescape(raw_text).strip()
+        if is_valid_name(name):
+            self._done.append(ProjectEntry(name))
+
+    def _take(self) -> list[ProjectEntry]:
+        done, self._done = self._done, []
+        return done

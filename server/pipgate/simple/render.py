@@ -253,8 +253,9 @@ def render_project_json(page: ProjectPage, url_for: UrlFor) -> bytes:
     for key, value in page.extra.items():
         if key not in _JSON_PAGE_KEYS:
             doc[key] = value
-    # ensure_ascii (the default) also keeps lone surrogates from a bad upstream encodable.
-    return json.dumps(doc, separators=(",", ":")).encode("ascii")
+    # ensure_ascii (the default) also keeps lone surrogates from a bad upstream encodable;
+    # allow_nan=False: NaN/Infinity are not JSON (the parser never produces them).
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
 def _batches(entries: Iterable[ProjectEntry]) -> Iterator[list[ProjectEntry]]:

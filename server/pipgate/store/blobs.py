@@ -15,10 +15,17 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipgate.store.locks import DownloadLock
+
+#: Small temp files younger than this may belong to a live worker's write.
+TEMP_GRACE = 600.0
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -58,11 +65,28 @@ class BlobStore:
     def __init__(self, cache_dir: Path) -> None:
         self.root = cache_dir / "blobs"
         self.tmp = cache_dir / "tmp"
+        self.locks = cache_dir / "locks"
 
     def ensure_dirs(self) -> None:
         """Create the directories (start-up)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        for directory in (self.root, self.tmp, self.locks):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def part_path(self, key: str) -> Path:
+        """The well-known temp file of the download of ``key`` (followed across processes)."""
+        return self.tmp / f"{key}.part"
+
+    def download_lock_path(self, key: str) -> Path:
+        """The lock file whose holder downloads ``key``."""
+        return self.locks / f"{key}.lock"
+
+    def use_lock_path(self, sha256: str) -> Path:
+        """The lock file held (shared) while the blob is being sent."""
+        return self.locks / f"{sha256}.use"
+
+    def free_bytes(self) -> int:
+        """Free space on the cache's filesystem."""
+        return shutil.disk_usage(self.tmp).free
 
     def path(self, sha256: str) -> Path:
         """Where the blob with this sha256 lives (whether or not it exists)."""
@@ -81,9 +105,17 @@ class BlobStore:
         except (OSError, ValueError):
             return None
 
-    def writer(self, expected: Mapping[str, str], expected_size: int | None = None) -> BlobWriter:
-        """A writer for a new blob that must match ``expected`` hashes (name -> hex)."""
-        return BlobWriter(self, expected, expected_size)
+    def writer(
+        self,
+        expected: Mapping[str, str],
+        expected_size: int | None = None,
+        path: Path | None = None,
+    ) -> BlobWriter:
+        """A writer for a new blob that must match ``expected`` hashes (name -> hex).
+
+        ``path`` (default: a unique temp name) must be inside :attr:`tmp`.
+        """
+        return BlobWriter(self, expected, expected_size, path)
 
     def put_bytes(self, data: bytes, expected: Mapping[str, str]) -> Committed:
         """Store a small body whole (PEP 658 metadata), verified like any blob."""
@@ -100,11 +132,21 @@ class BlobStore:
             self.path(sha256).unlink()
 
     def clean_temp(self) -> int:
-        """Remove leftover temp files of interrupted writes; returns how many."""
+        """Remove temp files of interrupted writes; returns how many.
+
+        A ``<key>.part`` whose download lock is held belongs to a live download in
+        another worker and is kept; anything else in ``tmp/`` is debris of a crash.
+        """
         removed = 0
         if not self.tmp.is_dir():
             return 0
         for entry in self.tmp.iterdir():
+            if entry.suffix == ".part" and DownloadLock.is_held(
+                self.download_lock_path(entry.stem)
+            ):
+                continue
+            if entry.suffix != ".part" and time.time() - _mtime(entry) < TEMP_GRACE:
+                continue  # a small write (metadata) of a live worker
             with contextlib.suppress(OSError):
                 entry.unlink()
                 removed += 1
@@ -125,12 +167,16 @@ class BlobWriter:
     """Writes one blob to a temp file while hashing it; commits only if it verifies."""
 
     def __init__(
-        self, store: BlobStore, expected: Mapping[str, str], expected_size: int | None
+        self,
+        store: BlobStore,
+        expected: Mapping[str, str],
+        expected_size: int | None,
+        path: Path | None = None,
     ) -> None:
         self._store = store
         self.expected = {k.lower(): v.lower() for k, v in expected.items()}
         self.expected_size = expected_size
-        self.path = store.tmp / f"{uuid.uuid4().hex}.part"
+        self.path = path or store.tmp / f"{uuid.uuid4().hex}.tmp"
         self._file = open(self.path, "wb")  # noqa: SIM115 - closed in commit/discard
         self._sha256 = hashlib.sha256()
         # Verify the strongest published algorithm; sha256 is always computed for naming.
@@ -181,6 +227,13 @@ class BlobWriter:
             self._file.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _fsync_dir(path: Path) -> None:

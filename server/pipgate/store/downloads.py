@@ -1,10 +1,18 @@
-"""In-flight downloads shared by every reader of the same file.
+"""In-flight downloads shared by every reader, in this process and in other workers.
 
-One :class:`Download` fetches a file from upstream into a temp blob while hashing it.
-Any number of readers follow it: they read what is already on disk, then wait for
-more. A reader never receives the file's last byte before the whole file verified,
-so when the hash turns out wrong every open response can still be aborted short of
-a complete body and no client installs a bad file.
+For each file key, exactly one process on the cache directory downloads (it holds the
+key's :class:`~pipgate.store.locks.DownloadLock`) into ``tmp/<key>.part`` while hashing
+it. Within a process, all requests for the key share one :class:`Download`; in other
+processes the :class:`Download` *follows* the owner's temp file and published state.
+Readers read what is already on disk, then wait for more, so every client receives
+bytes while the file is still arriving.
+
+The verification rule holds for every reader: the file's last byte is held back until
+the owner has verified and committed the blob, and a reader whose owner failed (or
+whose owner changed, so earlier bytes may differ) is aborted.
+
+When the cache cannot take the file (disk full, read-only), :class:`PassThrough`
+streams it straight from upstream to one client, verified the same way, not cached.
 """
 
 from __future__ import annotations
@@ -12,22 +20,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import logging
+import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from enum import Enum
 from pathlib import Path
+from typing import Any, Protocol
 
 import aiofiles
 
 from pipgate.errors import Reason, UpstreamError, classify
 from pipgate.metrics import Metrics
 from pipgate.redact import redact_url
-from pipgate.store.blobs import BlobStore, BlobWriter, Committed, IntegrityError
+from pipgate.store.blobs import VERIFIABLE, BlobStore, BlobWriter, Committed, IntegrityError
+from pipgate.store.locks import DownloadLock
 from pipgate.upstream.client import UpstreamClient
 
 log = logging.getLogger("pipgate.downloads")
 
 CHUNK = 256 * 1024
+#: How often a follower in another process looks at the owner's progress.
+FOLLOW_POLL = 0.02
+#: A follower waits this long for the owner to publish its state before giving up.
+FOLLOW_START_TIMEOUT = 60.0
+#: After a disk-full or unwritable-cache error, new downloads pass through this long.
+DEGRADED_SECONDS = 60.0
+#: Free space kept beyond a file's size before caching it.
+FREE_SPACE_RESERVE = 64 << 20
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_UNWRITABLE = (errno.EACCES, errno.EROFS, errno.EPERM)
 
 
 class State(Enum):
@@ -39,8 +62,20 @@ class State(Enum):
 OnCommit = Callable[[Committed], Awaitable[None]]
 
 
+class Readable(Protocol):
+    """What the web layer needs to send a file that is not (yet) a blob."""
+
+    size: int | None
+
+    def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]: ...
+
+
+class CacheUnavailable(Exception):
+    """The cache cannot store this file now (disk full, unwritable)."""
+
+
 class Download:
-    """One upstream fetch of one file, readable while it runs."""
+    """One file arriving in the cache, readable while it arrives."""
 
     def __init__(
         self,
@@ -53,6 +88,7 @@ class Download:
         client: UpstreamClient,
         metrics: Metrics,
         on_commit: OnCommit,
+        on_unavailable: Callable[[Reason], None],
     ) -> None:
         self.key = key
         self.url = url
@@ -62,78 +98,23 @@ class Download:
         self._client = client
         self._metrics = metrics
         self._on_commit = on_commit
+        self._on_unavailable = on_unavailable
         self.state = State.RUNNING
         self.error: UpstreamError | None = None
         self.committed: Committed | None = None
-        #: Total size once upstream's headers arrived (``None`` if it sent no length).
+        #: Total size once known (``None`` if upstream sent no length).
         self.size: int | None = None
         self.written = 0
-        self.temp_path: Path | None = None
+        self.temp_path = store.part_path(key)
+        #: Whether this process downloads (``False``: it follows another worker).
+        self.owner = False
         self._started = asyncio.Event()
         self._progress = asyncio.Event()
 
-    # --- the fetch -----------------------------------------------------------------------
-
-    async def run(self) -> None:
-        """Fetch, verify and commit; never raises (the outcome is in ``state``)."""
-        writer: BlobWriter | None = None
-        self._metrics.inflight_downloads.inc()
-        try:
-            async with self._client.open_file(self.url) as resp:
-                size = resp.content_length
-                if size is None:
-                    size = self._expected_size
-                writer = await asyncio.to_thread(self._store.writer, self._expected, size)
-                self.temp_path = writer.path
-                self.size = size
-                self._started.set()
-                try:
-                    async for chunk in resp.content.iter_chunked(CHUNK):
-                        await asyncio.to_thread(_write, writer, chunk)
-                        self.written = writer.written
-                        self._notify()
-                except OSError as exc:
-                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                        raise UpstreamError(Reason.DISK_FULL, "cache disk is full") from exc
-                    raise
-            self.committed = await asyncio.to_thread(writer.commit)
-            await self._on_commit(self.committed)
-            self.state = State.DONE
-        except IntegrityError as exc:
-            self._fail(UpstreamError(Reason(exc.kind), str(exc)))
-        except UpstreamError as exc:
-            self._fail(exc)
-        except asyncio.CancelledError:
-            self._fail(UpstreamError(Reason.OTHER, "download cancelled (shutdown)"))
-            raise
-        except Exception as exc:
-            self._fail(UpstreamError(classify(exc), f"{type(exc).__name__}: {exc}"))
-        finally:
-            if writer is not None:
-                await asyncio.to_thread(writer.discard)
-            self._metrics.inflight_downloads.dec()
-            self._started.set()
-            self._notify()
-
-    def _fail(self, error: UpstreamError) -> None:
-        self.state = State.FAILED
-        self.error = error
-        self._metrics.failure(self._client.name, error.reason)
-        log.warning(
-            "download failed: %s reason=%s detail=%s",
-            redact_url(self.url),
-            error.reason.value,
-            error.detail,
-        )
-
-    def _notify(self) -> None:
-        event, self._progress = self._progress, asyncio.Event()
-        event.set()
-
-    # --- readers -------------------------------------------------------------------------
+    # --- outcome for readers ---------------------------------------------------------------
 
     async def wait_started(self) -> None:
-        """Wait until the size is known; raise the error if it failed before that."""
+        """Wait until the size is known; raise if it failed before any byte."""
         await self._started.wait()
         if self.state is State.FAILED and self.written == 0:
             assert self.error is not None
@@ -150,10 +131,9 @@ class Download:
         return self.committed
 
     async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """Bytes ``[start, end)`` of the file as they become available.
+        """Bytes ``[start, end)`` as they become available; raises on failure.
 
-        Raises :class:`UpstreamError` when the download fails; until it verified, the
-        final byte of the file is held back.
+        Until the file verified, its final byte is held back.
         """
         pos = start
         handle = None
@@ -169,7 +149,6 @@ class Download:
                         return
                     limit = stop
                 else:
-                    # Hold back the last byte of the file until it verified.
                     total = self.size if self.size is not None else self.written
                     limit = min(self.written, max(0, total - 1))
                     if end is not None:
@@ -195,26 +174,240 @@ class Download:
             if handle is not None:
                 await handle.close()
 
-    async def _open(self) -> aiofiles.threadpool.binary.AsyncBufferedReader | None:
+    async def _open(self) -> Any:
         """Open the temp file, or the committed blob once it was renamed."""
-        candidates = []
+        candidates = [self.temp_path]
         if self.committed is not None:
-            candidates.append(self.committed.path)
-        if self.temp_path is not None:
-            candidates.append(self.temp_path)
+            candidates.insert(0, self.committed.path)
         for path in candidates:
             with contextlib.suppress(FileNotFoundError):
                 return await aiofiles.open(path, "rb")
         return None
 
+    # --- the work --------------------------------------------------------------------------
 
-def _write(writer: BlobWriter, chunk: bytes) -> None:
+    async def run(self) -> None:
+        """Download (or follow another worker's download); never raises."""
+        lock = DownloadLock(self._store.download_lock_path(self.key))
+        try:
+            self.owner = await asyncio.to_thread(lock.try_acquire)
+            if self.owner:
+                await self._fetch(lock)
+            else:
+                await self._follow(lock.path)
+        except asyncio.CancelledError:
+            self._fail(UpstreamError(Reason.OTHER, "download cancelled (shutdown)"), count=False)
+            raise
+        except UpstreamError as exc:
+            self._fail(exc, count=self.owner)
+        except Exception as exc:  # every cause must reach the readers
+            log.exception("download of %s failed unexpectedly", redact_url(self.url))
+            self._fail(UpstreamError(classify(exc), f"{type(exc).__name__}: {exc}"))
+        finally:
+            if self.owner:
+                await asyncio.to_thread(lock.release)
+            self._started.set()
+            self._notify()
+
+    async def _fetch(self, lock: DownloadLock) -> None:
+        """Own the download: upstream -> temp file -> verify -> blob."""
+        sha = self._expected.get("sha256")
+        if sha and await asyncio.to_thread(self._store.exists, sha):
+            # Another worker committed it just before we took the lock.
+            self._finish(await asyncio.to_thread(_existing, self._store, sha))
+            return
+        token = uuid.uuid4().hex
+        await asyncio.to_thread(lock.write_state, {})
+        writer: BlobWriter | None = None
+        self._metrics.inflight_downloads.inc()
+        try:
+            async with self._client.open_file(self.url) as resp:
+                size = resp.content_length if resp.content_length is not None else None
+                if size is None:
+                    size = self._expected_size
+                writer = await self._open_writer(size)
+                self.size = size
+                await asyncio.to_thread(
+                    lock.write_state, {"token": token, "state": "running", "size": size}
+                )
+                self._started.set()
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    await self._write(writer, chunk)
+                    self.written = writer.written
+                    self._notify()
+            try:
+                committed = await asyncio.to_thread(writer.commit)
+            except IntegrityError as exc:
+                raise UpstreamError(Reason(exc.kind), str(exc)) from exc
+            except OSError as exc:
+                raise self._storage_error(exc) from exc
+            await self._on_commit(committed)
+            await asyncio.to_thread(
+                lock.write_state,
+                {
+                    "token": token,
+                    "state": "done",
+                    "size": committed.size,
+                    "sha256": committed.sha256,
+                    "verified": committed.verified,
+                },
+            )
+            self._finish(committed)
+        finally:
+            self._metrics.inflight_downloads.dec()
+            if writer is not None:
+                await asyncio.to_thread(writer.discard)
+
+    async def _open_writer(self, size: int | None) -> BlobWriter:
+        free = await asyncio.to_thread(self._store.free_bytes)
+        if size is not None and free < size + FREE_SPACE_RESERVE:
+            raise self._storage_error(OSError(errno.ENOSPC, "not enough free space"))
+        try:
+            return await asyncio.to_thread(
+                self._store.writer, self._expected, size, self.temp_path
+            )
+        except OSError as exc:
+            raise self._storage_error(exc) from exc
+
+    async def _write(self, writer: BlobWriter, chunk: bytes) -> None:
+        try:
+            await asyncio.to_thread(_append, writer, chunk)
+        except OSError as exc:
+            raise self._storage_error(exc) from exc
+
+    def _storage_error(self, exc: OSError) -> UpstreamError:
+        """Classify a local disk failure; new downloads pass through for a while."""
+        reason = Reason.DISK_FULL if exc.errno in _NO_SPACE or exc.errno in _UNWRITABLE else None
+        if reason is None:
+            return UpstreamError(Reason.OTHER, f"cache write failed: {exc}")
+        self._on_unavailable(reason)
+        return UpstreamError(reason, f"cache cannot store the file: {exc.strerror or exc}")
+
+    async def _follow(self, lock_path: Path) -> None:
+        """Follow another worker's download of the same key through the shared disk."""
+        deadline = time.monotonic() + FOLLOW_START_TIMEOUT
+        state = None
+        while state is None or "token" not in state:
+            state = await asyncio.to_thread(DownloadLock.read_state, lock_path)
+            if state is not None and "token" in state:
+                break
+            if not await asyncio.to_thread(DownloadLock.is_held, lock_path):
+                raise UpstreamError(Reason.OTHER, "the worker downloading this file stopped")
+            if time.monotonic() > deadline:
+                raise UpstreamError(Reason.TIMEOUT, "waiting for another worker's download")
+            await asyncio.sleep(FOLLOW_POLL)
+        token = state["token"]
+        self.size = state.get("size")
+        self._started.set()
+        while True:
+            if state.get("token") != token:
+                raise UpstreamError(Reason.OTHER, "another worker restarted this download")
+            if state.get("state") == "done":
+                sha = str(state["sha256"])
+                committed = await asyncio.to_thread(_existing, self._store, sha)
+                self._finish(committed)
+                return
+            size = await asyncio.to_thread(_file_size, self.temp_path)
+            if size is not None and size > self.written:
+                self.written = size
+                self._notify()
+            if not await asyncio.to_thread(DownloadLock.is_held, lock_path):
+                # The owner ended: done (state says so on the next read) or failed/died.
+                state = await asyncio.to_thread(DownloadLock.read_state, lock_path) or {}
+                if state.get("token") == token and state.get("state") == "done":
+                    continue
+                raise UpstreamError(Reason.OTHER, "the worker downloading this file failed")
+            await asyncio.sleep(FOLLOW_POLL)
+            state = await asyncio.to_thread(DownloadLock.read_state, lock_path) or {}
+
+    def _finish(self, committed: Committed) -> None:
+        self.committed = committed
+        self.size = committed.size
+        self.written = committed.size
+        self.state = State.DONE
+
+    def _fail(self, error: UpstreamError, *, count: bool = True) -> None:
+        self.state = State.FAILED
+        self.error = error
+        if count:
+            self._metrics.failure(self._client.name, error.reason)
+        log.warning(
+            "download failed: %s reason=%s detail=%s",
+            redact_url(self.url),
+            error.reason.value,
+            error.detail,
+        )
+
+    def _notify(self) -> None:
+        event, self._progress = self._progress, asyncio.Event()
+        event.set()
+
+
+class PassThrough:
+    """Stream one file from upstream to one client, verified, without caching it."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        expected: Mapping[str, str],
+        size: int | None,
+        client: UpstreamClient,
+        metrics: Metrics,
+    ) -> None:
+        self.url = url
+        self.size = size
+        self._expected = {k.lower(): v.lower() for k, v in expected.items()}
+        self._client = client
+        self._metrics = metrics
+
+    async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The whole file (ranges are not offered), last chunk held until verified."""
+        name = next((n for n in VERIFIABLE if n in self._expected), None)
+        digest = hashlib.new(name) if name else None
+        pending = b""
+        received = 0
+        try:
+            async with self._client.open_file(self.url) as resp:
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    if digest is not None:
+                        digest.update(chunk)
+                    received += len(chunk)
+                    if pending:
+                        yield pending
+                    pending = chunk
+        except UpstreamError as exc:
+            self._metrics.failure(self._client.name, exc.reason)
+            raise
+        if self.size is not None and received != self.size:
+            self._metrics.failure(self._client.name, Reason.TRUNCATED)
+            raise UpstreamError(Reason.TRUNCATED, f"got {received} of {self.size} bytes")
+        if digest is not None and name is not None and digest.hexdigest() != self._expected[name]:
+            self._metrics.failure(self._client.name, Reason.HASH_MISMATCH)
+            raise UpstreamError(Reason.HASH_MISMATCH, f"{name} differs from the published one")
+        if pending:
+            yield pending
+
+
+def _append(writer: BlobWriter, chunk: bytes) -> None:
     writer.write(chunk)
     writer.flush()
 
 
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
+def _existing(store: BlobStore, sha256: str) -> Committed:
+    path = store.path(sha256)
+    return Committed(sha256=sha256, size=path.stat().st_size, path=path, verified=True)
+
+
 class DownloadManager:
-    """Starts at most one :class:`Download` per file key in this process."""
+    """At most one :class:`Download` per file key in this process."""
 
     def __init__(self, store: BlobStore, client: UpstreamClient, metrics: Metrics) -> None:
         self._store = store
@@ -222,6 +415,17 @@ class DownloadManager:
         self._metrics = metrics
         self._active: dict[str, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._degraded_until = 0.0
+
+    @property
+    def degraded(self) -> bool:
+        """Whether the cache recently failed to store (new downloads pass through)."""
+        return time.monotonic() < self._degraded_until
+
+    def _mark_unavailable(self, reason: Reason) -> None:
+        if not self.degraded:
+            log.error("cache cannot store files (%s): passing downloads through", reason.value)
+        self._degraded_until = time.monotonic() + DEGRADED_SECONDS
 
     def get_or_start(
         self,
@@ -244,12 +448,25 @@ class DownloadManager:
             client=self._client,
             metrics=self._metrics,
             on_commit=on_commit,
+            on_unavailable=self._mark_unavailable,
         )
         self._active[key] = download
         task = asyncio.create_task(self._run(download), name=f"download:{key}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return download, True
+
+    def pass_through(
+        self, url: str, expected: Mapping[str, str], size: int | None
+    ) -> PassThrough:
+        """A not-cached, verified stream for one client (the cache is unavailable)."""
+        return PassThrough(
+            url=url, expected=expected, size=size, client=self._client, metrics=self._metrics
+        )
+
+    def active(self, key: str) -> Download | None:
+        """The download of ``key`` in progress in this process, if any."""
+        return self._active.get(key)
 
     async def _run(self, download: Download) -> None:
         try:
