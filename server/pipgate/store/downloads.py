@@ -211,8 +211,9 @@ class Download:
 
     async def _fetch(self, lock: DownloadLock) -> None:
         """Own the download: upstream -> temp file -> verify -> blob."""
-        sha: str = self._expected.get("sha256", "")
-        if sha and await asyncio.to_thread(self._store.exists, sha):
+        sha = self._expected.get("sha256", "")
+        present = bool(sha) and await asyncio.to_thread(self._store.exists, sha)
+        if present:
             # Another worker committed it just before we took the lock.
             self._finish(await asyncio.to_thread(_existing, self._store, sha))
             return
