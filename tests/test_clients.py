@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from tests.support.clients import installed, pip_install, uv_install
 from tests.support.fake_pypi import FakePyPI
-from tests.support.packages import sample_tree
+from tests.support.packages import build_wheel, sample_tree
 from tests.support.server import PipgateProcess
 
 pytestmark = pytest.mark.clients
@@ -77,3 +78,20 @@ def test_corrupt_upstream_file_fails_pip_and_is_never_cached(
         assert leftovers == []
     finally:
         gate.stop()
+
+
+def test_uv_reads_wheel_metadata_with_head_and_ranges_when_no_pep658_file(
+    upstream: FakePyPI, tmp_path: Path
+) -> None:
+    lazy = build_wheel("lazywheel", "1.0", requires=("beta>=1.0",), pad_to=256 * 1024)
+    upstream.add(lazy, metadata=False)  # no .metadata: uv must use HEAD + Range
+    gate = _start(upstream, tmp_path)
+    try:
+        result = uv_install(gate.index_url, tmp_path / "target", "lazywheel")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert installed(tmp_path / "target") == {"lazywheel": "1.0", "beta": "1.0"}
+    finally:
+        gate.stop()
+    log = gate.log()
+    assert f'"HEAD /files/lazywheel/{lazy.sha256}/{lazy.filename} HTTP/1.1" 200' in log
+    assert re.search(rf'"GET /files/lazywheel/{lazy.sha256}/\S+ HTTP/1.1" 206', log)

@@ -16,7 +16,9 @@ from pipgate.page_render import PageRenderer
 from pipgate.root_list import RootListService
 from pipgate.store.blobs import BlobStore
 from pipgate.store.downloads import DownloadManager
+from pipgate.store.evict import Evictor
 from pipgate.store.index import Index
+from pipgate.store.reconcile import reconcile
 from pipgate.upstream.client import UpstreamClient
 from pipgate.web import files, middleware, ops, pages
 from pipgate.web.state import SERVICES, Services
@@ -24,21 +26,28 @@ from pipgate.web.state import SERVICES, Services
 log = logging.getLogger("pipgate")
 
 
-def create_app(config: Config) -> web.Application:
-    """The pipgate application for ``config`` (services start with the app)."""
+def create_app(config: Config, *, reconcile_cache: bool = True) -> web.Application:
+    """The pipgate application for ``config`` (services start with the app).
+
+    ``reconcile_cache=False`` for worker processes: the supervisor reconciled the
+    cache once before starting them.
+    """
     app = web.Application(middlewares=[middleware.count, middleware.errors])
     add_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         metrics = Metrics()
         blobs = BlobStore(config.cache_dir)
-        removed = await asyncio.to_thread(_prepare_cache, blobs)
-        if removed:
-            log.info("removed %d unfinished temp files from an earlier run", removed)
+        if reconcile_cache:
+            await asyncio.to_thread(reconcile, config.cache_dir)
+        else:
+            await asyncio.to_thread(blobs.ensure_dirs)
         index = Index(config.cache_dir)
         client = UpstreamClient(config, metrics)
         await client.start()
         downloads = DownloadManager(blobs, client, metrics)
+        evictor = Evictor(index, blobs, config.max_size, metrics)
+        evictor.request()  # sets the size gauges, evicts if max_size shrank
         index_service = IndexService(config, index, client, metrics)
         root = RootListService(config, index, client, metrics)
         app[SERVICES] = Services(
@@ -47,25 +56,22 @@ def create_app(config: Config) -> web.Application:
             client=client,
             pages=index_service,
             root=root,
-            files=FileService(index, blobs, downloads, index_service, client, metrics),
+            files=FileService(index, blobs, downloads, index_service, client, metrics, evictor),
             blobs=blobs,
             renderer=PageRenderer(),
+            evictor=evictor,
         )
         try:
             yield
         finally:
             await downloads.close()
+            await evictor.close()
             await root.close()
             await client.close()
             index.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app
-
-
-def _prepare_cache(blobs: BlobStore) -> int:
-    blobs.ensure_dirs()
-    return blobs.clean_temp()
 
 
 def add_routes(app: web.Application) -> None:

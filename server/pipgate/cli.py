@@ -14,6 +14,7 @@ from pipgate import __version__
 from pipgate.app import create_app
 from pipgate.config import SETTINGS, Config, ConfigError, load_config
 from pipgate.redact import redact_url
+from pipgate.workers import serve_workers
 
 log = logging.getLogger("pipgate")
 
@@ -72,20 +73,23 @@ def serve(config: Config) -> int:
         print(f"pipgate: cache.dir {config.cache_dir}: cannot create ({exc})", file=sys.stderr)
         return 2
     log.info(
-        "pipgate %s on http://%s:%d/simple/ upstream=%s cache=%s",
+        "pipgate %s on http://%s:%d/simple/ upstream=%s cache=%s workers=%d",
         __version__,
         config.host,
         config.port,
         redact_url(config.upstream),
         config.cache_dir,
+        config.workers,
     )
     try:
+        if config.workers > 1:
+            return serve_workers(config)
         web.run_app(
             create_app(config),
             host=config.host,
             port=config.port,
             print=None,
-            access_log_format='%a "%r" %s %b %Tfs',
+            access_log_format='%a "%r" %s %b %Tfs pid=%P',
         )
     except OSError as exc:
         print(f"pipgate: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)

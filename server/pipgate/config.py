@@ -204,6 +204,15 @@ SETTINGS: tuple[Setting, ...] = (
         "build absolute file links from X-Forwarded-Proto/Host (behind a reverse proxy)",
     ),
     Setting("log_level", "server", "log_level", parse_log_level, "debug|info|warning|error"),
+    Setting(
+        "workers",
+        "server",
+        "workers",
+        parse_positive_int,
+        "worker processes sharing the port and the cache",
+        flag=True,
+        metavar="N",
+    ),
     Setting("cache_dir", "cache", "dir", parse_path, "cache directory", flag=True),
     Setting(
         "index_ttl",
@@ -233,6 +242,20 @@ SETTINGS: tuple[Setting, ...] = (
         "max_stale",
         parse_duration,
         "how old a cached page may be when served because upstream fails",
+    ),
+    Setting(
+        "max_size",
+        "cache",
+        "max_size",
+        parse_size,
+        "largest total size of cached files (e.g. 50GB; 0 = unlimited)",
+    ),
+    Setting(
+        "scrub_rate",
+        "cache",
+        "scrub_rate",
+        parse_size,
+        "bytes per second re-hashed by the background integrity scrub (0 = off)",
     ),
     Setting(
         "upstream",
@@ -285,11 +308,14 @@ class Config:
     public_url: str | None = None
     trust_forwarded: bool = False
     log_level: str = "info"
+    workers: int = 1
     cache_dir: Path = field(default_factory=default_cache_dir)
     index_ttl: float = 600.0
     root_ttl: float = 3600.0
     negative_ttl: float = 60.0
     max_stale: float = 86400.0
+    max_size: int = 0
+    scrub_rate: int = 0
     upstream: str = "https://pypi.org/simple/"
     connect_timeout: float = 10.0
     read_timeout: float = 30.0

@@ -19,13 +19,16 @@ from pipgate.index_service import IndexService
 from pipgate.metrics import Metrics
 from pipgate.simple.model import DistFile
 from pipgate.store.blobs import VERIFIABLE, BlobStore, Committed, IntegrityError, is_sha256
-from pipgate.store.downloads import Download, DownloadManager
+from pipgate.store.downloads import DownloadManager, Readable
+from pipgate.store.evict import Evictor
 from pipgate.store.index import BlobRecord, Index
 from pipgate.upstream.client import UpstreamClient
 
 log = logging.getLogger("pipgate.files")
 
 METADATA_SUFFIX = ".metadata"
+#: Seconds between two recorded accesses of one file by one worker.
+TOUCH_INTERVAL = 60.0
 
 
 class FileNotFound(Exception):
@@ -34,16 +37,19 @@ class FileNotFound(Exception):
 
 @dataclass(frozen=True)
 class Served:
-    """What the web layer sends: a committed blob, or a download in progress."""
+    """What the web layer sends: a committed blob, or bytes still arriving."""
 
     filename: str
     #: sha256 when known before the body is sent (for the ETag).
     sha256: str | None
     size: int | None
     path: Path | None = None
-    download: Download | None = None
+    #: A download in progress (shared) or a pass-through stream (this client only).
+    stream: Readable | None = None
     #: Whether the bytes were already in the cache before this request.
     cached: bool = True
+    #: Whether Range requests can be answered (not for pass-through streams).
+    ranges: bool = True
 
 
 class FileService:
@@ -57,6 +63,7 @@ class FileService:
         pages: IndexService,
         client: UpstreamClient,
         metrics: Metrics,
+        evictor: Evictor,
     ) -> None:
         self._index = index
         self._blobs = blobs
@@ -64,7 +71,10 @@ class FileService:
         self._pages = pages
         self._client = client
         self._metrics = metrics
+        self._evictor = evictor
         self._metadata_inflight: dict[str, asyncio.Task[Served]] = {}
+        #: sha256 -> when this worker last recorded an access (writes are throttled).
+        self._touched: dict[str, float] = {}
 
     async def open(self, project: str, key: str, filename: str) -> Served:
         """The file to send. Raises :class:`FileNotFound` or :class:`UpstreamError`."""
@@ -72,27 +82,54 @@ class FileService:
         cached = await self._cached(key, filename)
         if cached is not None:
             self._metrics.cache("file", "hit")
+            await self._touch(cached.sha256)
             return cached
         dist = await self._pages.find_file(project, key, filename)
         if dist is None:
             raise FileNotFound(f"{filename} is not a file of project {project}")
+        adopted = await self._adopt(project, key, dist)
+        if adopted is not None:
+            self._metrics.cache("file", "hit")
+            return adopted
+
+        expected = _verifiable(dist)
+        if self._downloads.degraded and self._downloads.active(key) is None:
+            return self._pass_through(project, dist)
         self._metrics.cache("file", "miss")
 
         async def on_commit(committed: Committed) -> None:
             await self._record(project, filename, key, committed)
 
         download, started = self._downloads.get_or_start(
-            key, dist.url, _verifiable(dist), dist.size, on_commit
+            key, dist.url, expected, dist.size, on_commit
         )
         if started:
             log.info("download %s/%s from %s", project, filename, self._client.name)
-        await download.wait_started()
+        try:
+            await download.wait_started()
+        except UpstreamError as exc:
+            if exc.reason is Reason.DISK_FULL:
+                return self._pass_through(project, dist)
+            raise
         return Served(
             filename=filename,
             sha256=dist.sha256,
             size=download.size,
-            download=download,
+            stream=download,
             cached=False,
+        )
+
+    def _pass_through(self, project: str, dist: DistFile) -> Served:
+        """The cache cannot store files now: stream through, verified, not cached."""
+        self._metrics.cache("file", "bypass")
+        log.warning("pass-through (cache unavailable) for %s/%s", project, dist.filename)
+        return Served(
+            filename=dist.filename,
+            sha256=dist.sha256,
+            size=dist.size,
+            stream=self._downloads.pass_through(dist.url, _verifiable(dist), dist.size),
+            cached=False,
+            ranges=False,
         )
 
     async def metadata(self, project: str, key: str, filename: str) -> Served:
@@ -131,7 +168,7 @@ class FileService:
             self._metrics.failure(self._client.name, Reason(exc.kind))
             log.warning("metadata %s/%s failed verification: %s", project, filename, exc)
             raise UpstreamError(Reason(exc.kind), f"metadata of {filename}: {exc}") from exc
-        await self._index.put_alias(f"meta:{key}", committed.sha256)
+        await self._record(project, filename + METADATA_SUFFIX, f"meta:{key}", committed)
         return Served(
             filename + METADATA_SUFFIX,
             committed.sha256,
@@ -158,8 +195,24 @@ class FileService:
             return None
         return Served(filename=filename, sha256=sha, size=size, path=self._blobs.path(sha))
 
+    async def _adopt(self, project: str, key: str, dist: DistFile) -> Served | None:
+        """Serve a verified blob that is on disk but not recorded under this name.
+
+        Happens after a crash between commit and record (start-up reconciliation
+        adopts such blobs without a name) or when two names share one content.
+        """
+        sha = dist.sha256
+        if not sha or not is_sha256(sha):
+            return None
+        size = await asyncio.to_thread(self._blobs.size, sha)
+        if size is None:
+            return None
+        committed = Committed(sha256=sha, size=size, path=self._blobs.path(sha), verified=True)
+        await self._record(project, dist.filename, key, committed)
+        return Served(filename=dist.filename, sha256=sha, size=size, path=committed.path)
+
     async def _record(self, project: str, filename: str, key: str, c: Committed) -> None:
-        await self._index.put_blob(
+        await self._index.record_blob(
             c.sha256,
             BlobRecord(
                 project=project,
@@ -171,6 +224,19 @@ class FileService:
         )
         if key != c.sha256:
             await self._index.put_alias(key, c.sha256)
+        self._evictor.request()
+
+    async def _touch(self, sha256: str | None) -> None:
+        """Record an access for LRU eviction, at most once a minute per file and worker."""
+        if sha256 is None:
+            return
+        now = time.time()
+        if now - self._touched.get(sha256, 0.0) < TOUCH_INTERVAL:
+            return
+        if len(self._touched) > 100_000:
+            self._touched.clear()
+        self._touched[sha256] = now
+        await self._index.touch(sha256, now)
 
 
 def _verifiable(dist: DistFile) -> dict[str, str]:

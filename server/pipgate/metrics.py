@@ -54,6 +54,23 @@ class Metrics:
             "Upstream file downloads in progress.",
             registry=r,
         )
+        self.cache_size = Gauge(
+            "pipgate_cache_size_bytes", "Bytes of verified files in the cache.", registry=r
+        )
+        self.cache_files = Gauge(
+            "pipgate_cache_files", "Number of files in the cache.", registry=r
+        )
+        self.cache_evictions = Counter(
+            "pipgate_cache_evictions",
+            "Files removed to stay under cache.max_size.",
+            registry=r,
+        )
+        self.integrity_checks = Counter(
+            "pipgate_integrity_checks",
+            "Re-hashes of cached files by the scrubber, by result (ok, corrupt, unverified).",
+            ["result"],
+            registry=r,
+        )
         self.build_info = Gauge("pipgate_build_info", "pipgate version.", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
 

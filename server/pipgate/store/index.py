@@ -6,6 +6,8 @@ Keys:
 - ``blob:<sha256>`` -> :class:`BlobRecord` (what a blob is and whether it was verified)
 - ``alias:<file key>`` -> sha256, for files whose upstream published no sha256
 - ``root`` -> :class:`RootRecord` (the rendered ``/simple/`` list on disk)
+- ``atime:<sha256>`` -> last time the blob was served (LRU eviction)
+- ``total_size`` -> bytes of all recorded blobs (an atomic counter shared by workers)
 
 The methods are async and run diskcache in a worker thread, so the event loop never
 waits on SQLite.
@@ -110,6 +112,89 @@ class Index:
     async def put_blob(self, sha256: str, record: BlobRecord) -> None:
         """Record a newly committed blob."""
         await self._set(f"blob:{sha256}", asdict(record))
+
+    async def remove_blob(self, sha256: str, size: int) -> None:
+        """Forget a blob (after it was deleted) and subtract its size."""
+        await asyncio.to_thread(self.forget_blob, sha256, size)
+
+    def forget_blob(self, sha256: str, size: int) -> None:
+        """Blocking :meth:`remove_blob` (for eviction and repair threads)."""
+        with self._cache.transact():
+            if self._cache.delete(f"blob:{sha256}"):
+                self._cache.incr("total_size", -size, default=0)
+                self._cache.incr("total_files", -1, default=0)
+            self._cache.delete(f"atime:{sha256}")
+
+    async def record_blob(self, sha256: str, record: BlobRecord) -> bool:
+        """Record a committed blob and add its size, unless it was already recorded.
+
+        Returns whether it was new.
+        """
+
+        def write() -> bool:
+            with self._cache.transact():
+                known = self._cache.get(f"blob:{sha256}")
+                self._cache.set(f"blob:{sha256}", asdict(record))
+                self._cache.set(f"atime:{sha256}", record.stored_at)
+                if known is None:
+                    self._cache.incr("total_size", record.size, default=0)
+                    self._cache.incr("total_files", 1, default=0)
+                    return True
+                return False
+
+        return await asyncio.to_thread(write)
+
+    async def touch(self, sha256: str, when: float) -> None:
+        """Remember that a blob was served (for least-recently-used eviction)."""
+        await self._set(f"atime:{sha256}", when)
+
+    async def total_size(self) -> int:
+        """Bytes of all recorded blobs."""
+        return int(await self._get("total_size") or 0)
+
+    async def totals(self) -> tuple[int, int]:
+        """``(bytes, files)`` of all recorded blobs."""
+
+        def read() -> tuple[int, int]:
+            return (
+                int(self._cache.get("total_size", 0) or 0),
+                int(self._cache.get("total_files", 0) or 0),
+            )
+
+        return await asyncio.to_thread(read)
+
+    def blob_entries(self) -> list[tuple[str, BlobRecord, float]]:
+        """Every recorded blob with its last access time (blocking; for a worker thread)."""
+        entries = []
+        for key in list(self._cache.iterkeys()):
+            if not isinstance(key, str) or not key.startswith("blob:"):
+                continue
+            sha = key[5:]
+            raw = self._cache.get(key)
+            if not raw:
+                continue
+            atime = self._cache.get(f"atime:{sha}", raw.get("stored_at", 0.0))
+            entries.append((sha, BlobRecord(**raw), float(atime)))
+        return entries
+
+    def set_totals(self, size: int, files: int) -> None:
+        """Reset the size and file counters (blocking; reconciliation at start-up)."""
+        with self._cache.transact():
+            self._cache.set("total_size", size)
+            self._cache.set("total_files", files)
+
+    def total_size_now(self) -> int:
+        """Blocking :meth:`total_size`."""
+        return int(self._cache.get("total_size", 0) or 0)
+
+    def drop_blob_record(self, sha256: str) -> None:
+        """Forget a blob record without touching the size counter (blocking)."""
+        self._cache.delete(f"blob:{sha256}")
+        self._cache.delete(f"atime:{sha256}")
+
+    def put_blob_record(self, sha256: str, record: BlobRecord) -> None:
+        """Write a blob record (blocking; reconciliation)."""
+        self._cache.set(f"blob:{sha256}", asdict(record))
 
     async def get_alias(self, key: str) -> str | None:
         """The sha256 stored for a non-sha256 file key."""

@@ -84,13 +84,26 @@ class DownloadLock:
         return False
 
 
-@contextlib.contextmanager
-def use_lock(path: Path) -> Iterator[None]:
-    """Hold a shared lock on ``path`` (a blob being sent) for the block's duration."""
+def acquire_shared(path: Path) -> int:
+    """A descriptor of ``path`` holding a shared lock (a blob being sent).
+
+    Close it to release. Waits only while eviction holds the lock exclusively.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def use_lock(path: Path) -> Iterator[None]:
+    """Hold a shared lock on ``path`` (a blob being sent) for the block's duration."""
+    fd = acquire_shared(path)
+    try:
         yield
     finally:
         os.close(fd)

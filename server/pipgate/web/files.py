@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,6 +20,8 @@ from pipgate.errors import UpstreamError
 from pipgate.file_service import METADATA_SUFFIX, FileNotFound, Served
 from pipgate.links import is_file_key, is_safe_filename
 from pipgate.simple.names import is_valid_name, normalize
+from pipgate.store.blobs import BlobStore, is_sha256
+from pipgate.store.locks import acquire_shared
 from pipgate.web.http import content_type_for, text_error
 from pipgate.web.ranges import (
     UNSATISFIABLE,
@@ -79,13 +82,16 @@ async def send(request: web.Request, served: Served) -> web.StreamResponse:
 
     size = served.size
     selected: ByteRange | None = None
-    if size is not None and if_range_allows(request.headers.get("If-Range"), etag):
+    if_range = request.headers.get("If-Range")
+    if served.ranges and size is not None and if_range_allows(if_range, etag):
         parsed = parse_range(request.headers.get("Range"), size)
         if parsed is UNSATISFIABLE:
             headers["Content-Range"] = f"bytes */{size}"
             return web.Response(status=416, headers=headers)
         if isinstance(parsed, ByteRange):
             selected = parsed
+    if not served.ranges:
+        headers["Accept-Ranges"] = "none"
 
     response = web.StreamResponse(status=206 if selected else 200, headers=headers)
     if selected is not None:
@@ -101,30 +107,57 @@ async def send(request: web.Request, served: Served) -> web.StreamResponse:
         await response.write_eof()
         return response
 
-    metrics = services(request).metrics
-    if served.path is not None:
-        count = (end if end is not None else (size or 0)) - start
-        await _sendfile(request, response, served.path, start, count)
-        metrics.bytes_served.labels(source="cache" if served.cached else "upstream").inc(count)
-        return response
+    svc = services(request)
+    # Held while bytes are sent: eviction never removes a file being read.
+    use = await _hold_use_lock(svc.blobs, served.sha256)
+    try:
+        if served.path is not None:
+            count = (end if end is not None else (size or 0)) - start
+            await _sendfile(request, response, served.path, start, count)
+            source = "cache" if served.cached else "upstream"
+            svc.metrics.bytes_served.labels(source=source).inc(count)
+            return response
+        assert served.stream is not None
+        return await _send_stream(request, response, served, start, end)
+    finally:
+        if use is not None:
+            await asyncio.to_thread(os.close, use)
 
-    assert served.download is not None
+
+async def _send_stream(
+    request: web.Request,
+    response: web.StreamResponse,
+    served: Served,
+    start: int,
+    end: int | None,
+) -> web.StreamResponse:
+    assert served.stream is not None
+    metrics = services(request).metrics
     await response.prepare(request)
     sent = 0
     try:
-        async for chunk in served.download.read(start, end):
+        async for chunk in served.stream.read(start, end):
             await response.write(chunk)
             sent += len(chunk)
     except UpstreamError as exc:
         log.warning(
             "aborting response for %s after %d bytes: %s", served.filename, sent, exc.reason.value
         )
-        metrics.bytes_served.labels(source="upstream").inc(sent)
         _abort(request)
         return response
-    metrics.bytes_served.labels(source="upstream").inc(sent)
+    finally:
+        metrics.bytes_served.labels(source="upstream").inc(sent)
     await response.write_eof()
     return response
+
+
+async def _hold_use_lock(blobs: BlobStore, sha256: str | None) -> int | None:
+    if sha256 is None or not is_sha256(sha256):
+        return None
+    try:
+        return await asyncio.to_thread(acquire_shared, blobs.use_lock_path(sha256))
+    except OSError:
+        return None  # a read-only cache still serves
 
 
 async def send_file_path(

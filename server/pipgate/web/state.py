@@ -13,6 +13,7 @@ from pipgate.metrics import Metrics
 from pipgate.page_render import PageRenderer
 from pipgate.root_list import RootListService
 from pipgate.store.blobs import BlobStore
+from pipgate.store.evict import Evictor
 from pipgate.upstream.client import UpstreamClient
 
 
@@ -28,6 +29,7 @@ class Services:
     files: FileService
     blobs: BlobStore
     renderer: PageRenderer
+    evictor: Evictor
 
 
 SERVICES = web.AppKey("services", Services)

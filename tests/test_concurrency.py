@@ -1,0 +1,135 @@
+"""Many clients, one upstream download, bytes flowing before the download completes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+from yarl import URL
+
+from pipgate.store.blobs import BlobStore
+from tests.conftest import GateFactory
+from tests.support.fake_pypi import FakePyPI
+from tests.support.packages import BuiltDist, build_wheel
+
+JSON = "application/vnd.pypi.simple.v1+json"
+
+
+async def file_path(gate: TestClient, dist: BuiltDist) -> str:
+    resp = await gate.get(f"/simple/{dist.project}/", headers={"Accept": JSON})
+    page = json.loads(await resp.read())
+    url = next(f["url"] for f in page["files"] if f["filename"] == dist.filename)
+    return gate.make_url(f"/simple/{dist.project}/").join(URL(url)).path
+
+
+@pytest.fixture
+def slow_big(upstream: FakePyPI) -> BuiltDist:
+    """A 4 MiB wheel the upstream sends in 64 KiB chunks, 20 ms apart (~1.3 s)."""
+    dist = build_wheel("slowpkg", "1.0", pad_to=4 << 20)
+    upstream.add(dist, metadata=False)
+    upstream.file_delay = 0.02
+    return dist
+
+
+async def test_twenty_clients_share_one_upstream_download_and_stream_early(
+    gate: TestClient, upstream: FakePyPI, slow_big: BuiltDist, tmp_path: Path
+) -> None:
+    path = await file_path(gate, slow_big)
+    blobs = BlobStore(tmp_path / "cache")
+    committed_at_first_byte: list[bool] = []
+
+    async def client() -> str:
+        digest = hashlib.sha256()
+        async with gate.session.get(gate.make_url(path)) as resp:
+            assert resp.status == 200
+            assert resp.content_length == slow_big.size
+            first = True
+            async for chunk in resp.content.iter_any():
+                if first:
+                    committed_at_first_byte.append(blobs.exists(slow_big.sha256))
+                    first = False
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    results = await asyncio.gather(*(client() for _ in range(20)))
+    assert results == [slow_big.sha256] * 20
+    assert upstream.downloads(slow_big.filename) == 1
+    # Every client had bytes while the file was still arriving from upstream.
+    assert committed_at_first_byte == [False] * 20
+
+
+async def test_late_joiner_reads_what_is_on_disk_then_follows(
+    gate: TestClient, upstream: FakePyPI, slow_big: BuiltDist
+) -> None:
+    path = await file_path(gate, slow_big)
+    async with gate.session.get(gate.make_url(path)) as early:
+        await early.content.readexactly(1 << 20)  # the download is well under way
+        late = await gate.get(path)
+        assert late.headers["X-Pipgate-Cache"] == "miss"
+        late_body = await late.read()
+        rest = await early.read()
+    assert late_body == slow_big.data
+    assert len(rest) == slow_big.size - (1 << 20)
+    assert upstream.downloads(slow_big.filename) == 1
+
+
+@pytest.mark.parametrize(
+    ("header", "expected_status", "window"),
+    [("bytes=0-99", 206, slice(0, 100)), ("bytes=-100", 206, slice(-100, None))],
+)
+async def test_ranges_are_served_while_the_file_is_still_downloading(
+    gate: TestClient,
+    slow_big: BuiltDist,
+    header: str,
+    expected_status: int,
+    window: slice,
+) -> None:
+    path = await file_path(gate, slow_big)
+    async with gate.session.get(gate.make_url(path)) as first:
+        await first.content.readexactly(1024)
+        ranged = await gate.get(path, headers={"Range": header})
+        assert ranged.status == expected_status
+        n = slow_big.size
+        start = window.start % n if window.start is not None else 0
+        last = (window.stop - 1) if window.stop is not None else n - 1
+        assert ranged.headers["Content-Range"] == f"bytes {start}-{last}/{n}"
+        assert await ranged.read() == slow_big.data[window]
+        await first.read()
+
+
+async def test_corrupt_download_aborts_every_concurrent_reader(
+    gate: TestClient, upstream: FakePyPI, slow_big: BuiltDist, tmp_path: Path
+) -> None:
+    upstream.corrupt.add(slow_big.filename)
+    path = await file_path(gate, slow_big)
+
+    async def client() -> int:
+        received = 0
+        async with gate.session.get(gate.make_url(path)) as resp:
+            try:
+                async for chunk in resp.content.iter_any():
+                    received += len(chunk)
+            except Exception:
+                return received
+        raise AssertionError(f"a client got a complete body ({received} bytes)")
+
+    received = await asyncio.gather(*(client() for _ in range(5)))
+    assert all(r < slow_big.size for r in received)
+    assert not BlobStore(tmp_path / "cache").exists(slow_big.sha256)
+
+
+async def test_cancelled_client_does_not_cancel_the_shared_download(
+    make_gate: GateFactory, upstream: FakePyPI, slow_big: BuiltDist
+) -> None:
+    gate = await make_gate()
+    path = await file_path(gate, slow_big)
+    quitter = await gate.get(path)
+    await quitter.content.readexactly(1024)
+    quitter.close()  # goes away mid-body
+    stayer = await gate.get(path)
+    assert await stayer.read() == slow_big.data
+    assert upstream.downloads(slow_big.filename) == 1
