@@ -494,6 +494,8 @@ class WarmResult:
     direct_mib_s: float
     pipgate_mib_s: float
     ratio: float
+    direct_ms_per_request: float
+    pipgate_ms_per_request: float
     direct_all: list[float] = field(default_factory=list)
     pipgate_all: list[float] = field(default_factory=list)
 
@@ -525,14 +527,16 @@ def warm_phase(
         d, p = statistics.median(direct), statistics.median(proxied)
         results.append(
             WarmResult(
-                bench_file.size_mib,
-                made,
-                rounds,
-                round(d),
-                round(p),
-                round(p / d, 2),
-                [round(x) for x in direct],
-                [round(x) for x in proxied],
+                size_mib=bench_file.size_mib,
+                requests=made,
+                rounds=rounds,
+                direct_mib_s=round(d),
+                pipgate_mib_s=round(p),
+                ratio=round(p / d, 2),
+                direct_ms_per_request=round(bench_file.size_mib / d * 1000, 2),
+                pipgate_ms_per_request=round(bench_file.size_mib / p * 1000, 2),
+                direct_all=[round(x) for x in direct],
+                pipgate_all=[round(x) for x in proxied],
             )
         )
         log(f"warm {bench_file.size_mib} MiB: direct {d:.0f} MiB/s, pipgate {p:.0f} MiB/s")
@@ -705,12 +709,14 @@ def report(result: dict[str, Any]) -> str:
         f"workers={result['config']['workers']}, clients, upstream and pipgate share the CPUs)",
         "",
         "warm throughput (median of rounds; MiB = 2^20 bytes)",
-        f"{'size':>8} {'requests':>9} {'direct MiB/s':>13} {'pipgate MiB/s':>14} {'ratio':>6}",
+        f"{'size':>8} {'requests':>9} {'direct MiB/s':>13} {'pipgate MiB/s':>14} {'ratio':>6}"
+        f" {'ms/request direct, pipgate':>27}",
     ]
     for warm in result["warm"]:
         lines.append(
             f"{warm['size_mib']:>5} MiB {warm['requests']:>9} {warm['direct_mib_s']:>13} "
-            f"{warm['pipgate_mib_s']:>14} {warm['ratio']:>6}  "
+            f"{warm['pipgate_mib_s']:>14} {warm['ratio']:>6} "
+            f"{warm['direct_ms_per_request']:>18.2f}, {warm['pipgate_ms_per_request']:<7.2f} "
             f"{mark(warm['ratio'] >= TARGET_RATIO)} (>= {TARGET_RATIO})"
         )
     rss = result["warm_rss"]

@@ -6,13 +6,16 @@ import asyncio
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
+from pipgate.app import create_app
 from pipgate.store.blobs import BlobStore
-from tests.conftest import GateFactory
+from tests.conftest import GateFactory, gate_config
 from tests.support.fake_pypi import FakePyPI
 from tests.support.packages import BuiltDist, build_wheel
 
@@ -132,4 +135,50 @@ async def test_cancelled_client_does_not_cancel_the_shared_download(
     quitter.close()  # goes away mid-body
     stayer = await gate.get(path)
     assert await stayer.read() == slow_big.data
+    assert upstream.downloads(slow_big.filename) == 1
+
+
+async def _two_gates(
+    aiohttp_client: Any, upstream: FakePyPI, tmp_path: Path
+) -> tuple[TestClient, TestClient]:
+    """Two pipgate apps on one cache directory: the owner/follower path of workers.
+
+    flock locks belong to open file descriptions, so two apps in one process contend
+    exactly as two worker processes do.
+    """
+    cache = tmp_path / "shared-cache"
+    first = await aiohttp_client(create_app(gate_config(cache, upstream)))
+    second = await aiohttp_client(create_app(gate_config(cache, upstream)))
+    return first, second
+
+
+async def test_a_second_worker_follows_the_first_workers_download(
+    aiohttp_client: Any, upstream: FakePyPI, slow_big: BuiltDist, tmp_path: Path
+) -> None:
+    first, second = await _two_gates(aiohttp_client, upstream, tmp_path)
+    path = await file_path(first, slow_big)
+    await file_path(second, slow_big)
+    leader = await first.get(path)
+    await leader.content.readexactly(1024)  # the first app owns the download now
+    follower = await second.get(path)
+    follower_body, leader_rest = await asyncio.gather(follower.read(), leader.read())
+    assert follower_body == slow_big.data
+    assert len(leader_rest) == slow_big.size - 1024
+    assert upstream.downloads(slow_big.filename) == 1
+
+
+async def test_followers_are_aborted_when_the_owners_download_fails(
+    aiohttp_client: Any, upstream: FakePyPI, slow_big: BuiltDist, tmp_path: Path
+) -> None:
+    upstream.corrupt.add(slow_big.filename)
+    first, second = await _two_gates(aiohttp_client, upstream, tmp_path)
+    path = await file_path(first, slow_big)
+    await file_path(second, slow_big)
+    leader = await first.get(path)
+    await leader.content.readexactly(1024)
+    follower = await second.get(path)
+    assert follower.status == 200
+    for response in (leader, follower):
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
     assert upstream.downloads(slow_big.filename) == 1

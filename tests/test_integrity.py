@@ -32,13 +32,16 @@ class Cache:
     other: Committed
     unverified: Committed
 
-    async def add(self, data: bytes, filename: str, *, verified: bool = True) -> Committed:
-        """Commit a blob as a download would, and record it."""
-        expected = {"sha256": hashlib.sha256(data).hexdigest()} if verified else {}
-        committed = await asyncio.to_thread(self.blobs.put_bytes, data, expected)
-        record = BlobRecord("demo", filename, committed.size, committed.verified, time.time())
-        await self.index.record_blob(committed.sha256, record)
-        return committed
+
+async def commit(
+    blobs: BlobStore, index: Index, data: bytes, filename: str, *, verified: bool = True
+) -> Committed:
+    """Store and record a blob as a download would (no published hash: unverified)."""
+    expected = {"sha256": hashlib.sha256(data).hexdigest()} if verified else {}
+    committed = await asyncio.to_thread(blobs.put_bytes, data, expected)
+    record = BlobRecord("demo", filename, committed.size, committed.verified, time.time())
+    await index.record_blob(committed.sha256, record)
+    return committed
 
 
 @pytest.fixture
@@ -46,12 +49,13 @@ async def cache(tmp_path: Path) -> AsyncIterator[Cache]:
     blobs = BlobStore(tmp_path)
     blobs.ensure_dirs()
     index = Index(tmp_path)
-    empty = Committed("", 0, tmp_path, True)
-    built = Cache(tmp_path, blobs, index, empty, empty, empty)
-    built.good = await built.add(b"good wheel " * 1000, "demo-1.0-py3-none-any.whl")
-    built.other = await built.add(b"other sdist " * 300, "demo-1.0.tar.gz")
-    built.unverified = await built.add(b"no hash upstream " * 50, "demo-0.9.tar.gz", verified=False)
-    yield built
+    good = await commit(blobs, index, b"good wheel " * 1000, "demo-1.0-py3-none-any.whl")
+    other = await commit(blobs, index, b"other sdist " * 300, "demo-1.0.tar.gz")
+    unverified = await commit(
+        blobs, index, b"no hash upstream " * 50, "demo-0.9.tar.gz", verified=False
+    )
+    assert not unverified.verified
+    yield Cache(tmp_path, blobs, index, good, other, unverified)
     index.close()
 
 

@@ -301,11 +301,25 @@ class Download:
         self.size = state.get("size")
         self._started.set()
         while True:
-            if state.get("token") != token:
-                raise UpstreamError(Reason.OTHER, "another worker restarted this download")
-            if state.get("state") == "done":
+            if state.get("token") not in (None, token):
+                if self.written:
+                    # Bytes already read may differ from the new attempt's: abort.
+                    raise UpstreamError(Reason.OTHER, "another worker restarted this download")
+                token, self.size = state["token"], state.get("size")
+            if state.get("state") == "done" and state.get("token") == token:
                 sha = str(state["sha256"])
-                committed = await asyncio.to_thread(_existing, self._store, sha)
+                try:
+                    committed = await asyncio.to_thread(_existing, self._store, sha)
+                except FileNotFoundError:
+                    # A stale state of an earlier download whose blob was evicted since:
+                    # wait for the current owner to publish its own state.
+                    if not await asyncio.to_thread(DownloadLock.is_held, lock_path):
+                        raise UpstreamError(
+                            Reason.OTHER, "the worker downloading this file stopped"
+                        ) from None
+                    await asyncio.sleep(FOLLOW_POLL)
+                    state = await asyncio.to_thread(DownloadLock.read_state, lock_path) or {}
+                    continue
                 self._finish(committed)
                 return
             size = await asyncio.to_thread(_file_size, self.temp_path)
