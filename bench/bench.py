@@ -292,47 +292,65 @@ def process_tree(root: int) -> list[int]:
     return pids
 
 
-def rss_kib(pid: int) -> int:
-    """VmRSS of one process in KiB (0 if it is gone)."""
+def memory_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of one process in KiB; (0, 0) if it is gone.
+
+    PSS splits pages shared between processes (forked workers) among them, so its sum
+    over a process tree does not count shared pages twice as the RSS sum does.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        rss = pss = 0
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1])
+        return rss, pss
     with contextlib.suppress(OSError, ValueError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+                rss = int(line.split()[1])
+                return rss, rss
+    return 0, 0
 
 
 class RssSampler:
-    """Samples the summed RSS of a process tree every ``interval`` s in a thread."""
+    """Samples the summed RSS and PSS of a process tree every ``interval`` s in a thread."""
 
     def __init__(self, root: int, interval: float = 0.05) -> None:
         self.root = root
         self.interval = interval
-        self.peak_kib = 0
-        self.peak_procs = 0
-        self.samples = 0
+        self.peak_rss_kib = self.peak_pss_kib = self.peak_procs = self.samples = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
 
-    def sample(self) -> int:
-        """Take one sample now; returns the current sum in KiB."""
+    def sample(self) -> None:
+        """Take one sample now."""
         pids = process_tree(self.root)
-        total = sum(rss_kib(pid) for pid in pids)
+        usage = [memory_kib(pid) for pid in pids]
+        rss, pss = sum(u[0] for u in usage), sum(u[1] for u in usage)
         with self._lock:
             self.samples += 1
-            self.peak_kib = max(self.peak_kib, total)
+            self.peak_rss_kib = max(self.peak_rss_kib, rss)
+            self.peak_pss_kib = max(self.peak_pss_kib, pss)
             self.peak_procs = max(self.peak_procs, len(pids))
-        return total
 
     def reset(self) -> None:
-        """Start a new phase: forget the peak."""
+        """Start a new phase: forget the peaks."""
         with self._lock:
-            self.peak_kib = self.peak_procs = self.samples = 0
+            self.peak_rss_kib = self.peak_pss_kib = self.peak_procs = self.samples = 0
 
-    def peak_mib(self) -> float:
-        """The peak sum since the last reset, in MiB (one fresh sample included)."""
+    def peaks(self) -> dict[str, Any]:
+        """Peaks since the last reset (one fresh sample included), sums in MiB."""
         self.sample()
-        return round(self.peak_kib / 1024, 1)
+        with self._lock:
+            return {
+                "rss_mib": round(self.peak_rss_kib / 1024, 1),
+                "pss_mib": round(self.peak_pss_kib / 1024, 1),
+                "procs": self.peak_procs,
+                "samples": self.samples,
+            }
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -604,7 +622,7 @@ def crowd_get(port: int, path: str, bench_file: BenchFile, clients: int) -> Crow
 
 
 class BlobWatch:
-    """Notes when a blob appears in pipgate's cache (``blobs/ab/cd/<sha256>``)."""
+    """Notes when a blob appears in pipgate's cache (``blobs/ab/cd/<sha256>``), ±10 ms."""
 
     def __init__(self, cache_dir: Path, sha256: str) -> None:
         self.path = cache_dir / "blobs" / sha256[:2] / sha256[2:4] / sha256
@@ -614,7 +632,9 @@ class BlobWatch:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(0.02):
+        stopping = False
+        while not stopping:
+            stopping = self._stop.wait(0.01)
             if self.path.exists():
                 self.seen = time.perf_counter()
                 return
@@ -644,9 +664,6 @@ class HerdResult:
     blob_committed_s: float | None
     wall_s: float
     aggregate_mib_s: float
-    peak_rss_mib: float = 0.0
-    idle_rss_mib: float = 0.0
-    peak_procs: int = 0
     cached: dict[str, Any] = field(default_factory=dict)
     direct: dict[str, Any] = field(default_factory=dict)
 
@@ -702,6 +719,15 @@ def mark(ok: bool) -> str:
     return "ok" if ok else "MISS"
 
 
+def memory_line(memory: dict[str, Any]) -> str:
+    """Peak RSS (the target) with PSS, process count and the idle figure."""
+    peak, idle = memory["peak"], memory["idle"]
+    return (
+        f"{peak['rss_mib']:>6} MiB  {mark(peak['rss_mib'] < TARGET_RSS_MIB)} (< {TARGET_RSS_MIB:g})"
+        f"  [PSS {peak['pss_mib']} MiB, {peak['procs']} processes; idle RSS {idle['rss_mib']} MiB]"
+    )
+
+
 def report(result: dict[str, Any]) -> str:
     """The results as a plain-text table."""
     lines = [
@@ -719,10 +745,9 @@ def report(result: dict[str, Any]) -> str:
             f"{warm['direct_ms_per_request']:>18.2f}, {warm['pipgate_ms_per_request']:<7.2f} "
             f"{mark(warm['ratio'] >= TARGET_RATIO)} (>= {TARGET_RATIO})"
         )
-    rss = result["warm_rss"]
+    memory = result["memory"]
     lines += [
-        f"warm peak RSS (all pipgate processes): {rss['peak_rss_mib']} MiB  "
-        f"(idle {rss['idle_rss_mib']} MiB) {mark(rss['peak_rss_mib'] < TARGET_RSS_MIB)}",
+        f"warm peak RSS (all pipgate processes) {memory_line(memory['warm'])}",
         "",
     ]
     herd = result["herd"]
@@ -740,8 +765,7 @@ def report(result: dict[str, Any]) -> str:
         f"(blob committed at {herd['blob_committed_s']} s)",
         f"  wall time               {herd['wall_s']:>8} s  "
         f"({herd['aggregate_mib_s']} MiB/s to all clients together)",
-        f"  peak RSS                {herd['peak_rss_mib']:>8} MiB  (idle {herd['idle_rss_mib']}"
-        f" MiB, {herd['peak_procs']} processes) {mark(herd['peak_rss_mib'] < TARGET_RSS_MIB)}",
+        f"  peak RSS                {memory_line(memory['herd'])}",
     ]
     if herd["cached"]:
         cached, direct = herd["cached"], herd["direct"]
@@ -749,7 +773,7 @@ def report(result: dict[str, Any]) -> str:
             "  baselines, same crowd on a sendfile'd file:",
             f"    pipgate, now cached   {cached['wall_s']:>8} s  ({cached['aggregate_mib_s']}"
             f" MiB/s, {cached['ok_bodies']}/{herd['clients']} ok, peak RSS "
-            f"{cached['peak_rss_mib']} MiB)",
+            f"{memory['herd']['cached_peak']['rss_mib']} MiB)",
             f"    upstream direct       {direct['wall_s']:>8} s  ({direct['aggregate_mib_s']}"
             f" MiB/s, {direct['ok_bodies']}/{herd['clients']} ok)",
         ]
@@ -868,13 +892,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         pipgate = Pipgate(workdir, "warm", upstream, args.workers, python)
         procs.append(pipgate.proc)
         with RssSampler(pipgate.proc.pid) as sampler:
-            idle = sampler.peak_mib()
+            warm_memory = {"idle": sampler.peaks()}
             sampler.reset()
             warm = warm_phase(
                 pipgate, upstream, [files[s] for s in args.sizes], args.rounds, args.min_mib
             )
-            warm_rss = {"idle_rss_mib": idle, "peak_rss_mib": sampler.peak_mib()}
-            warm_rss["samples"] = sampler.samples
+            warm_memory["peak"] = sampler.peaks()
         problems += pipgate.log_problems()
         command = " ".join(pipgate.argv[1:]).replace(str(workdir), "$WORKDIR")
         stop_process(pipgate.proc)
@@ -883,18 +906,16 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         pipgate = Pipgate(workdir, "herd", upstream, args.workers, python)
         procs.append(pipgate.proc)
         with RssSampler(pipgate.proc.pid) as sampler:
-            idle = sampler.peak_mib()
+            herd_memory = {"idle": sampler.peaks()}
             sampler.reset()
             herd = herd_phase(pipgate, upstream, files[herd_size], args.clients, args.herd_rate)
-            herd.peak_rss_mib = sampler.peak_mib()
-            herd.idle_rss_mib = idle
-            herd.peak_procs = sampler.peak_procs
+            herd_memory["peak"] = sampler.peaks()
             if args.baselines:
                 log("herd baselines: the same crowd on the cached file, then direct")
                 sampler.reset()
                 path = pipgate.file_path(files[herd_size])
                 herd.cached = herd_baseline(pipgate.port, path, files[herd_size], args.clients)
-                herd.cached["peak_rss_mib"] = sampler.peak_mib()
+                herd_memory["cached_peak"] = sampler.peaks()
                 direct_path = f"/direct/{files[herd_size].filename}"
                 herd.direct = herd_baseline(
                     upstream.port, direct_path, files[herd_size], args.clients
@@ -936,13 +957,15 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "herd_rate_mib_s": args.herd_rate,
         },
         "warm": [asdict(w) for w in warm],
-        "warm_rss": warm_rss,
         "herd": asdict(herd),
+        "memory": {"warm": warm_memory, "herd": herd_memory},
         "upstream_file_gets": gets,
         "upstream_extra_gets": extra,
         "pipgate_log_problems": problems,
         "passed": passed,
         "targets": {"warm_ratio": TARGET_RATIO, "peak_rss_mib": TARGET_RSS_MIB},
+        "rss_ok": all(m["peak"]["rss_mib"] < TARGET_RSS_MIB for m in (warm_memory, herd_memory)),
+        "warm_ok": all(w.ratio >= TARGET_RATIO for w in warm),
     }
 
 

@@ -342,3 +342,26 @@ async def test_scrubber_with_rate_zero_is_disabled(cache: Cache) -> None:
 
     assert cache.good.path.exists()
     assert not (cache.blobs.locks / "scrub.lock").exists()
+
+
+async def test_blob_evicted_during_a_pass_is_skipped(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listed = list(cache.blobs.iter_blobs())
+    gone = "f" * 64  # listed when the pass started, evicted before its turn
+    monkeypatch.setattr(cache.blobs, "iter_blobs", lambda: iter([*listed, (gone, Path("/gone"))]))
+    metrics = Metrics()
+
+    results = await scrubber(cache, metrics, 1 << 30).scrub_pass()
+
+    assert (results["ok"], results["unverified"], results["corrupt"]) == (2, 1, 0)
+    assert sum(checks(metrics, r) for r in ("ok", "unverified", "corrupt", "error")) == 3
+
+
+@pytest.mark.parametrize("state", ["", "not json", "[]", '{"cursor": 1, "finished_at": "x"}'])
+async def test_garbled_scrub_state_means_a_full_pass(cache: Cache, state: str) -> None:
+    (cache.dir / "scrub.json").write_text(state)
+
+    results = await scrubber(cache, Metrics(), 1 << 30).scrub_pass()
+
+    assert results["ok"] + results["unverified"] == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -18,6 +19,7 @@ from pipgate.store.blobs import BlobStore
 from pipgate.store.downloads import DownloadManager
 from pipgate.store.evict import Evictor
 from pipgate.store.index import Index
+from pipgate.store.integrity import Scrubber
 from pipgate.store.reconcile import reconcile
 from pipgate.upstream.client import UpstreamClient
 from pipgate.web import files, middleware, ops, pages
@@ -48,6 +50,8 @@ def create_app(config: Config, *, reconcile_cache: bool = True) -> web.Applicati
         downloads = DownloadManager(blobs, client, metrics)
         evictor = Evictor(index, blobs, config.max_size, metrics)
         evictor.request()  # sets the size gauges, evicts if max_size shrank
+        scrubber = Scrubber(config.cache_dir, index, blobs, metrics, config.scrub_rate)
+        scrub_task = asyncio.create_task(scrubber.run(), name="scrub")
         index_service = IndexService(config, index, client, metrics)
         root = RootListService(config, index, client, metrics)
         app[SERVICES] = Services(
@@ -64,6 +68,9 @@ def create_app(config: Config, *, reconcile_cache: bool = True) -> web.Applicati
         try:
             yield
         finally:
+            scrub_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scrub_task
             await downloads.close()
             await evictor.close()
             await root.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -14,6 +15,7 @@ from pipgate import __version__
 from pipgate.app import create_app
 from pipgate.config import SETTINGS, Config, ConfigError, load_config
 from pipgate.redact import redact_url
+from pipgate.store.integrity import verify_cache
 from pipgate.workers import serve_workers
 
 log = logging.getLogger("pipgate")
@@ -26,6 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="run the proxy in the foreground")
     _add_config_flags(serve)
+    verify = commands.add_parser(
+        "verify",
+        help="re-hash every cached file and report corrupt ones",
+        description="Exit status: 0 clean (unverified files alone are fine), 1 corrupt files "
+        "found and removed by --repair, 2 configuration error or no cache, 3 corrupt or "
+        "unreadable files remain.",
+    )
+    _add_config_flags(verify)
+    verify.add_argument("--repair", action="store_true", help="remove corrupt files")
+    verify.add_argument("--json", action="store_true", help="machine-readable report")
     return parser
 
 
@@ -58,7 +70,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "serve":
         return serve(config)
+    if args.command == "verify":
+        return verify(config, repair=args.repair, as_json=args.json)
     return 2
+
+
+def verify(config: Config, *, repair: bool, as_json: bool) -> int:
+    """``pipgate verify``: re-hash the cache (fsck-like exit status)."""
+    interactive = sys.stderr.isatty()
+
+    def progress(line: str) -> None:
+        print(f"\r{line}", end="", file=sys.stderr, flush=True)
+
+    try:
+        report = verify_cache(
+            config.cache_dir, repair=repair, progress=progress if interactive else None
+        )
+    except FileNotFoundError:
+        print(f"pipgate: no cache directory at {config.cache_dir}", file=sys.stderr)
+        return 2
+    if interactive:
+        print(file=sys.stderr)
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print("\n".join(report.lines()))
+    remaining = [c for c in report.corrupt if not c.removed]
+    if remaining:
+        return 3
+    return 1 if report.corrupt else 0
 
 
 def serve(config: Config) -> int:

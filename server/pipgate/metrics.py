@@ -67,7 +67,7 @@ class Metrics:
         )
         self.integrity_checks = Counter(
             "pipgate_integrity_checks",
-            "Re-hashes of cached files by the scrubber, by result (ok, corrupt, unverified).",
+            "Re-hashes of cached files by the scrubber (ok, corrupt, unverified, error).",
             ["result"],
             registry=r,
         )

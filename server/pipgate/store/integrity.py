@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -161,7 +162,9 @@ class BlobHash:
     """One blob being re-hashed step by step (blocking; the scrubber steps in a thread).
 
     The blob's inode is remembered so that removal never deletes a different file that
-    was committed under the same name after the corrupt one was read.
+    was committed under the same name after the corrupt one was read. ``close`` waits
+    for a running ``step``: a step abandoned by a cancelled task must not read from a
+    descriptor number that was closed and reused meanwhile.
     """
 
     def __init__(self, path: Path) -> None:
@@ -169,22 +172,27 @@ class BlobHash:
         stat = os.fstat(self._file.fileno())
         self.identity = (stat.st_dev, stat.st_ino)
         self._digest = hashlib.sha256()
+        self._lock = threading.Lock()
         self.size = 0
 
     def step(self, limit: int = CHUNK) -> int:
-        """Hash up to ``limit`` more bytes; returns how many (0 at the end)."""
-        chunk = self._file.read(limit) or b""
-        self._digest.update(chunk)
-        self.size += len(chunk)
-        return len(chunk)
+        """Hash up to ``limit`` more bytes; returns how many (0 at the end or once closed)."""
+        with self._lock:
+            if self._file.closed:
+                return 0
+            chunk = self._file.read(limit) or b""
+            self._digest.update(chunk)
+            self.size += len(chunk)
+            return len(chunk)
 
     def hexdigest(self) -> str:
         """The sha256 of the bytes hashed so far."""
         return self._digest.hexdigest()
 
     def close(self) -> None:
-        """Close the file."""
-        self._file.close()
+        """Close the file (after a step running in another thread)."""
+        with self._lock:
+            self._file.close()
 
     @classmethod
     def whole(cls, path: Path) -> BlobHash:
@@ -355,9 +363,9 @@ class Scrubber:
             return
         guard = await self._become_scrubber()
         try:
-            state = await asyncio.to_thread(self._load_state)
-            if not state.get("cursor"):
-                since = time.time() - float(state.get("finished_at", 0.0))
+            cursor, finished_at = await asyncio.to_thread(self._load_state)
+            if not cursor:
+                since = time.time() - finished_at
                 if 0 <= since < self._pass_interval:
                     await asyncio.sleep(self._pass_interval - since)  # finished before restart
             while True:
@@ -392,8 +400,7 @@ class Scrubber:
         ``error``; ``removed`` counts corrupt blobs deleted).
         """
         started = time.monotonic()
-        state = await asyncio.to_thread(self._load_state)
-        cursor = str(state.get("cursor") or "")
+        cursor, _finished_at = await asyncio.to_thread(self._load_state)
         on_disk = await asyncio.to_thread(lambda: sorted(self._blobs.iter_blobs()))
         throttle = Throttle(self.rate)
         results: Counter[str] = Counter()
@@ -446,7 +453,7 @@ class Scrubber:
             log.warning("integrity: blob %s is unreadable: %s", sha, exc.strerror or exc)
             return "error", False
         finally:
-            hashing.close()
+            _close_soon(hashing)
         actual = hashing.hexdigest()
         if actual == sha:
             unverified = record is not None and not record.verified
@@ -471,13 +478,13 @@ class Scrubber:
             self._metrics.cache_files.set(files)
         return "corrupt", removed
 
-    def _load_state(self) -> dict[str, Any]:
-        """The saved cursor and last finish time (empty when absent or unreadable)."""
+    def _load_state(self) -> tuple[str, float]:
+        """``(cursor, finished_at)`` of the last pass; ``("", 0.0)`` if absent or garbled."""
         try:
             state = json.loads(self._state_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return state if isinstance(state, dict) else {}
+            return str(state.get("cursor") or ""), float(state.get("finished_at") or 0.0)
+        except (OSError, ValueError, TypeError, AttributeError):
+            return "", 0.0
 
     def _save_state(self, state: dict[str, Any]) -> None:
         """Write the state atomically; failing to is not worth stopping the scrub."""
@@ -487,6 +494,14 @@ class Scrubber:
             os.replace(tmp, self._state_path)
         except OSError as exc:
             log.debug("cannot save scrub state: %s", exc)
+
+
+def _close_soon(hashing: BlobHash) -> None:
+    """Close in a thread: after a cancellation, a step may still be reading in one."""
+    try:
+        asyncio.get_running_loop().run_in_executor(None, hashing.close)
+    except RuntimeError:  # the executor is shutting down: no step can be running
+        hashing.close()
 
 
 def _close_acquired(attempt: asyncio.Future[int | None]) -> None:
