@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from pipgate.app import create_app
 from pipgate.config import Config
 from tests.support.fake_pypi import FakePyPI
+from tests.support.packages import BuiltDist, build_wheel
 from tests.support.server import PipgateProcess
 
 
@@ -73,3 +74,12 @@ def gate_process(upstream: FakePyPI, tmp_path: Path) -> Iterator[PipgateProcess]
     """pipgate as a real ``pipgate serve`` process in front of ``upstream``."""
     with PipgateProcess(upstream=upstream.index_url, cache_dir=tmp_path / "cache") as proc:
         yield proc
+
+
+@pytest.fixture
+def slow_big(upstream: FakePyPI) -> BuiltDist:
+    """A 4 MiB wheel (no PEP 658 file) sent in 64 KiB chunks 20 ms apart (~1.3 s)."""
+    dist = build_wheel("slowpkg", "1.0", pad_to=4 << 20)
+    upstream.add(dist, metadata=False)
+    upstream.file_delay = 0.02
+    return dist

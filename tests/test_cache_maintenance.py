@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import subprocess
 import time
@@ -12,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
-from yarl import URL
 
 from pipgate.store.blobs import BlobStore, BlobWriter
 from pipgate.store.index import BlobRecord, Index
@@ -22,6 +20,7 @@ from pipgate.web.state import SERVICES
 from tests.conftest import GateFactory
 from tests.support.clients import installed, pip_install
 from tests.support.fake_pypi import FakePyPI
+from tests.support.links import file_path
 from tests.support.metrics import metric_value
 from tests.support.packages import BuiltDist, build_wheel
 from tests.support.server import PipgateProcess
@@ -31,10 +30,7 @@ MB = 1 << 20
 
 
 async def fetch(gate: TestClient, dist: BuiltDist) -> bytes:
-    resp = await gate.get(f"/simple/{dist.project}/", headers={"Accept": JSON})
-    page = json.loads(await resp.read())
-    url = next(f["url"] for f in page["files"] if f["filename"] == dist.filename)
-    path = gate.make_url(f"/simple/{dist.project}/").join(URL(url)).path
+    path = await file_path(gate, dist.project, dist.filename)
     return await (await gate.get(path)).read()
 
 
@@ -174,26 +170,19 @@ async def test_disk_full_mid_download_is_counted_and_later_requests_pass_through
         original(self, chunk)
 
     monkeypatch.setattr(BlobWriter, "write", write_fails_after_1mb)
-    resp = await gate.get(await _path(gate, dist))
+    resp = await gate.get(await file_path(gate, dist.project, dist.filename))
     with pytest.raises(Exception):  # noqa: B017 - the body is cut short, as it must be
         await resp.read()
     text = await metrics_text(gate)
     assert metric_value(text, "pipgate_download_failures_total", reason="disk_full") == 1
 
-    again = await gate.get(await _path(gate, dist))
+    again = await gate.get(await file_path(gate, dist.project, dist.filename))
     assert again.headers["X-Pipgate-Cache"] == "miss"
     assert await again.read() == dist.data  # passed through, verified
     assert not BlobStore(tmp_path / "cache").exists(dist.sha256)
     assert (await gate.get("/healthz")).status == 200
     text = await metrics_text(gate)
     assert metric_value(text, "pipgate_cache_requests_total", kind="file", result="bypass") == 1
-
-
-async def _path(gate: TestClient, dist: BuiltDist) -> str:
-    resp = await gate.get(f"/simple/{dist.project}/", headers={"Accept": JSON})
-    page = json.loads(await resp.read())
-    url = next(f["url"] for f in page["files"] if f["filename"] == dist.filename)
-    return gate.make_url(f"/simple/{dist.project}/").join(URL(url)).path
 
 
 @pytest.fixture

@@ -4,44 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from yarl import URL
 
 from pipgate.app import create_app
 from pipgate.store.blobs import BlobStore
 from tests.conftest import GateFactory, gate_config
 from tests.support.fake_pypi import FakePyPI
-from tests.support.packages import BuiltDist, build_wheel
+from tests.support.links import file_path
+from tests.support.packages import BuiltDist
 
 JSON = "application/vnd.pypi.simple.v1+json"
-
-
-async def file_path(gate: TestClient, dist: BuiltDist) -> str:
-    resp = await gate.get(f"/simple/{dist.project}/", headers={"Accept": JSON})
-    page = json.loads(await resp.read())
-    url = next(f["url"] for f in page["files"] if f["filename"] == dist.filename)
-    return gate.make_url(f"/simple/{dist.project}/").join(URL(url)).path
-
-
-@pytest.fixture
-def slow_big(upstream: FakePyPI) -> BuiltDist:
-    """A 4 MiB wheel the upstream sends in 64 KiB chunks, 20 ms apart (~1.3 s)."""
-    dist = build_wheel("slowpkg", "1.0", pad_to=4 << 20)
-    upstream.add(dist, metadata=False)
-    upstream.file_delay = 0.02
-    return dist
 
 
 async def test_twenty_clients_share_one_upstream_download_and_stream_early(
     gate: TestClient, upstream: FakePyPI, slow_big: BuiltDist, tmp_path: Path
 ) -> None:
-    path = await file_path(gate, slow_big)
+    path = await file_path(gate, slow_big.project, slow_big.filename)
     blobs = BlobStore(tmp_path / "cache")
     committed_at_first_byte: list[bool] = []
 
@@ -68,7 +51,7 @@ async def test_twenty_clients_share_one_upstream_download_and_stream_early(
 async def test_late_joiner_reads_what_is_on_disk_then_follows(
     gate: TestClient, upstream: FakePyPI, slow_big: BuiltDist
 ) -> None:
-    path = await file_path(gate, slow_big)
+    path = await file_path(gate, slow_big.project, slow_big.filename)
     async with gate.session.get(gate.make_url(path)) as early:
         await early.content.readexactly(1 << 20)  # the download is well under way
         late = await gate.get(path)
@@ -91,7 +74,7 @@ async def test_ranges_are_served_while_the_file_is_still_downloading(
     expected_status: int,
     window: slice,
 ) -> None:
-    path = await file_path(gate, slow_big)
+    path = await file_path(gate, slow_big.project, slow_big.filename)
     async with gate.session.get(gate.make_url(path)) as first:
         await first.content.readexactly(1024)
         ranged = await gate.get(path, headers={"Range": header})
@@ -108,7 +91,7 @@ async def test_corrupt_download_aborts_every_concurrent_reader(
     gate: TestClient, upstream: FakePyPI, slow_big: BuiltDist, tmp_path: Path
 ) -> None:
     upstream.corrupt.add(slow_big.filename)
-    path = await file_path(gate, slow_big)
+    path = await file_path(gate, slow_big.project, slow_big.filename)
 
     async def client() -> int:
         received = 0
@@ -129,7 +112,7 @@ async def test_cancelled_client_does_not_cancel_the_shared_download(
     make_gate: GateFactory, upstream: FakePyPI, slow_big: BuiltDist
 ) -> None:
     gate = await make_gate()
-    path = await file_path(gate, slow_big)
+    path = await file_path(gate, slow_big.project, slow_big.filename)
     quitter = await gate.get(path)
     await quitter.content.readexactly(1024)
     quitter.close()  # goes away mid-body
@@ -156,8 +139,8 @@ async def test_a_second_worker_follows_the_first_workers_download(
     aiohttp_client: Any, upstream: FakePyPI, slow_big: BuiltDist, tmp_path: Path
 ) -> None:
     first, second = await _two_gates(aiohttp_client, upstream, tmp_path)
-    path = await file_path(first, slow_big)
-    await file_path(second, slow_big)
+    path = await file_path(first, slow_big.project, slow_big.filename)
+    await file_path(second, slow_big.project, slow_big.filename)
     leader = await first.get(path)
     await leader.content.readexactly(1024)  # the first app owns the download now
     follower = await second.get(path)
@@ -172,8 +155,8 @@ async def test_followers_are_aborted_when_the_owners_download_fails(
 ) -> None:
     upstream.corrupt.add(slow_big.filename)
     first, second = await _two_gates(aiohttp_client, upstream, tmp_path)
-    path = await file_path(first, slow_big)
-    await file_path(second, slow_big)
+    path = await file_path(first, slow_big.project, slow_big.filename)
+    await file_path(second, slow_big.project, slow_big.filename)
     leader = await first.get(path)
     await leader.content.readexactly(1024)
     follower = await second.get(path)

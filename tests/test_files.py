@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from yarl import URL
 
 from tests.support.fake_pypi import FakePyPI
+from tests.support.links import file_path
 from tests.support.metrics import metric_value
 from tests.support.packages import BuiltDist, build_wheel, sample_tree
 
@@ -20,15 +19,6 @@ ALPHA = "alpha-1.0-py3-none-any.whl"
 
 def dist(filename: str) -> BuiltDist:
     return next(d for d in sample_tree() if d.filename == filename)
-
-
-async def file_path(gate: TestClient, project: str, filename: str) -> str:
-    """The path pipgate's own page links ``filename`` to."""
-    page = json.loads(
-        await (await gate.get(f"/simple/{project}/", headers={"Accept": JSON})).read()
-    )
-    url = next(f["url"] for f in page["files"] if f["filename"] == filename)
-    return gate.make_url(f"/simple/{project}/").join(URL(url)).path
 
 
 async def metric(gate: TestClient, name: str, **labels: str) -> float:

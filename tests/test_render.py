@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pipgate.simple.model import DistFile, ProjectEntry, ProjectPage
+from pipgate.simple.model import KNOWN_HTML_ATTRS, DistFile, ProjectEntry, ProjectPage
 from pipgate.simple.parse import (
     ProjectListHtmlParser,
     parse_project_html,
@@ -405,18 +405,8 @@ _TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
 _NONEMPTY = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=20)
 _HEXDIGEST = st.text("0123456789abcdefABCDEF", min_size=1, max_size=64)
 _FILENAME = _NONEMPTY.filter(lambda s: s not in (".", "..") and not set(s) & set("/\\\x00"))
-_KNOWN_DATA_ATTRS = {
-    "data-requires-python",
-    "data-yanked",
-    "data-core-metadata",
-    "data-dist-info-metadata",
-    "data-gpg-sig",
-    "data-provenance",
-    "data-size",
-    "data-upload-time",
-}
 _DATA_KEY = st.from_regex(r"data-[a-z0-9_.:-]{1,10}", fullmatch=True).filter(
-    lambda k: k not in _KNOWN_DATA_ATTRS
+    lambda k: k not in KNOWN_HTML_ATTRS
 )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import signal
@@ -12,25 +11,20 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urljoin
 
 import pytest
 
 from pipgate.store.blobs import BlobStore
+from tests.support import links
 from tests.support.fake_pypi import FakePyPI
-from tests.support.packages import BuiltDist, build_wheel
+from tests.support.packages import BuiltDist
 from tests.support.server import PipgateProcess
 
 JSON = "application/vnd.pypi.simple.v1+json"
 
 
 def file_url(gate: PipgateProcess, dist: BuiltDist) -> str:
-    page_url = f"{gate.index_url}{dist.project}/"
-    request = urllib.request.Request(page_url, headers={"Accept": JSON})
-    with urllib.request.urlopen(request, timeout=30) as resp:
-        page = json.load(resp)
-    href = next(f["url"] for f in page["files"] if f["filename"] == dist.filename)
-    return urljoin(page_url, href)
+    return links.file_url(gate.index_url, dist.project, dist.filename)
 
 
 def fetch_sha256(url: str) -> str:
@@ -48,14 +42,6 @@ def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
             return
         time.sleep(0.01)
     raise AssertionError("condition not reached in time")
-
-
-@pytest.fixture
-def slow_big(upstream: FakePyPI) -> BuiltDist:
-    dist = build_wheel("slowpkg", "1.0", pad_to=4 << 20)
-    upstream.add(dist, metadata=False)
-    upstream.file_delay = 0.02
-    return dist
 
 
 def test_two_workers_download_each_file_once_for_all_clients(

@@ -33,6 +33,21 @@ def api_version_tuple(value: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
+#: The ``data-*`` anchor attributes the model knows; any other one is passed through
+#: in :attr:`DistFile.html_attrs`.
+KNOWN_HTML_ATTRS = frozenset(
+    {
+        "data-requires-python",
+        "data-yanked",
+        "data-core-metadata",
+        "data-dist-info-metadata",
+        "data-gpg-sig",
+        "data-provenance",
+        "data-size",
+        "data-upload-time",
+    }
+)
+
 #: ``core_metadata`` values: absent, ``True`` (no hash known), or ``{"sha256": hex}``.
 CoreMetadata = bool | dict[str, str] | None
 

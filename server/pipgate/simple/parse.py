@@ -18,6 +18,7 @@ from typing import Any, NoReturn, TypeVar
 from urllib.parse import unquote, urljoin, urlsplit
 
 from pipgate.simple.model import (
+    KNOWN_HTML_ATTRS,
     SUPPORTED_MAJOR,
     CoreMetadata,
     DistFile,
@@ -303,18 +304,6 @@ def _opt(value: object, kind: type[_T]) -> _T | None:
 # ---------------------------------------------------------------------------------------
 # Project page, HTML (PEP 503 + 592/629/658/714/740/792, uv's data-size/upload-time)
 
-_KNOWN_DATA_ATTRS = frozenset(
-    {
-        "data-requires-python",
-        "data-yanked",
-        "data-core-metadata",
-        "data-dist-info-metadata",
-        "data-gpg-sig",
-        "data-provenance",
-        "data-size",
-        "data-upload-time",
-    }
-)
 
 
 class _ProjectHtmlParser(_TolerantHTMLParser):
@@ -423,7 +412,7 @@ def _html_file(attrs: dict[str, str | None], text: str, base: str) -> DistFile |
         html_attrs={
             k: v or ""
             for k, v in attrs.items()
-            if k not in _KNOWN_DATA_ATTRS and _DATA_ATTR.match(k)
+            if k not in KNOWN_HTML_ATTRS and _DATA_ATTR.match(k)
         },
     )
 

@@ -18,6 +18,7 @@ from packaging.utils import parse_sdist_filename, parse_wheel_filename
 
 from pipgate.simple.model import (
     HTML_MAX_VERSION,
+    KNOWN_HTML_ATTRS,
     CoreMetadata,
     DistFile,
     ProjectEntry,
@@ -42,18 +43,6 @@ _HASH_PREFERENCE = ("sha256", "sha512", "sha384", "sha224", "sha1", "md5", "blak
 _HEX = re.compile(r"[0-9a-fA-F]+\Z")
 _DATA_ATTR = re.compile(r"data-[a-z0-9_.:-]+\Z")
 _PLAIN_HREF = re.compile(r"[a-z0-9-]+\Z")
-_KNOWN_DATA_ATTRS = frozenset(
-    {
-        "data-requires-python",
-        "data-yanked",
-        "data-core-metadata",
-        "data-dist-info-metadata",
-        "data-gpg-sig",
-        "data-provenance",
-        "data-size",
-        "data-upload-time",
-    }
-)
 _JSON_FILE_KEYS = frozenset(
     {
         "filename",
@@ -144,7 +133,7 @@ def _anchor(dist: DistFile, url: str) -> str:
     if dist.upload_time is not None:
         parts.append(_attr("data-upload-time", dist.upload_time))
     for key, value in dist.html_attrs.items():
-        if key not in _KNOWN_DATA_ATTRS and _DATA_ATTR.match(key):
+        if key not in KNOWN_HTML_ATTRS and _DATA_ATTR.match(key):
             parts.append(_attr(key, value))
     parts.append(f">{escape(dist.filename)}</a>")
     return "".join(parts)
