@@ -738,15 +738,15 @@ def report(result: dict[str, Any]) -> str:
         f"pipgate bench {result['date']}  ({result['machine']['cpus']} CPUs, "
         f"workers={result['config']['workers']}, clients, upstream and pipgate share the CPUs)",
         "",
-        "warm throughput (median of rounds; MiB = 2^20 bytes)",
-        f"{'size':>8} {'requests':>9} {'direct MiB/s':>13} {'pipgate MiB/s':>14} {'ratio':>6}"
-        f" {'ms/request direct, pipgate':>27} {'cold MiB/s':>10}",
+        "warm throughput, median of rounds (MiB = 2^20 bytes; ms = per request)",
+        f"{'size':>9} {'requests':>8} {'direct MiB/s':>12} {'pipgate MiB/s':>13} {'ratio':>5} "
+        f"{'direct ms':>10} {'pipgate ms':>10} {'cold MiB/s':>10}",
     ]
     for warm in result["warm"]:
         lines.append(
-            f"{warm['size_mib']:>5} MiB {warm['requests']:>9} {warm['direct_mib_s']:>13} "
-            f"{warm['pipgate_mib_s']:>14} {warm['ratio']:>6} "
-            f"{warm['direct_ms_per_request']:>18.2f}, {warm['pipgate_ms_per_request']:<7.2f} "
+            f"{warm['size_mib']:>5} MiB {warm['requests']:>8} {warm['direct_mib_s']:>12} "
+            f"{warm['pipgate_mib_s']:>13} {warm['ratio']:>5.2f} "
+            f"{warm['direct_ms_per_request']:>10.2f} {warm['pipgate_ms_per_request']:>10.2f} "
             f"{warm['cold_mib_s']:>10}  {mark(warm['ratio'] >= TARGET_RATIO)} (>= {TARGET_RATIO})"
         )
     memory = result["memory"]

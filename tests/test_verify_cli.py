@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urljoin
 
 from pipgate.store.blobs import BlobStore
+from tests.support import links
 from tests.support.fake_pypi import FakePyPI
 from tests.support.packages import sample_tree
 from tests.support.server import PipgateProcess
@@ -65,3 +66,22 @@ def test_verify_without_a_cache_says_so(tmp_path: Path) -> None:
     result = run_verify(tmp_path / "nothing-here")
     assert result.returncode == 2
     assert "no cache directory" in result.stderr
+
+
+def test_file_without_published_hash_is_cached_unverified_and_reported(
+    upstream: FakePyPI, tmp_path: Path
+) -> None:
+    from tests.support.packages import build_wheel
+
+    private = build_wheel("nohash", "1.0")
+    upstream.add(private, metadata=False, hashed=False)
+    cache = tmp_path / "cache"
+    with PipgateProcess(upstream=upstream.index_url, cache_dir=cache) as gate:
+        url = links.file_url(gate.index_url, "nohash", private.filename)
+        assert "/files/nohash/u" in url  # keyed by its upstream URL, not a hash
+        for expected in ("miss", "hit"):
+            with urllib.request.urlopen(url, timeout=30) as resp:
+                assert resp.headers["X-Pipgate-Cache"] == expected
+                assert resp.read() == private.data
+    report = json.loads(run_verify(cache, "--json").stdout)
+    assert [u["sha256"] for u in report["unverified"]] == [private.sha256]

@@ -58,6 +58,8 @@ class _Entry:
     yanked: bool | str
     metadata: bool
     upload_time: str
+    #: Whether the page publishes the file's sha256 (private indexes may not).
+    hashed: bool = True
 
 
 class Unsatisfiable(Exception):
@@ -197,14 +199,17 @@ class FakePyPI:
         metadata: bool = True,
         upload_time: str | None = None,
         display_name: str | None = None,
+        hashed: bool = True,
     ) -> None:
-        """Publish `dist`; `metadata` advertises and serves PEP 658 (wheels only)."""
+        """Publish `dist`; `metadata` advertises and serves PEP 658 (wheels only);
+        `hashed=False` publishes no hash for it."""
         with self._lock:
             self._entries[dist.filename] = _Entry(
                 dist=dist,
                 yanked=yanked,
                 metadata=metadata and dist.metadata is not None,
                 upload_time=upload_time or DEFAULT_UPLOAD_TIME,
+                hashed=hashed,
             )
             if display_name is not None or dist.project not in self._display:
                 self._display[dist.project] = display_name or dist.name
@@ -383,7 +388,7 @@ class FakePyPI:
                 raise web.HTTPNotFound(text="404 Not Found\n")
             status = self._status.get(name)
             entries = [
-                _Entry(e.dist, e.yanked, e.metadata, e.upload_time)
+                _Entry(e.dist, e.yanked, e.metadata, e.upload_time, e.hashed)
                 for e in self._entries.values()
                 if e.dist.project == name
             ]
@@ -425,7 +430,7 @@ class FakePyPI:
                 {
                     "filename": d.filename,
                     "url": base + self.file_path(d),
-                    "hashes": {"sha256": d.sha256},
+                    "hashes": {"sha256": d.sha256} if e.hashed else {},
                     "requires-python": d.requires_python,
                     "core-metadata": meta,
                     # PyPI sends this deprecated alias too; "dist-info-metadata" never (PEP 714).
@@ -469,7 +474,8 @@ class FakePyPI:
         anchors = []
         for e in entries:
             d = e.dist
-            attrs = attr("href", f"{base}{self.file_path(d)}#sha256={d.sha256}")
+            fragment = f"#sha256={d.sha256}" if e.hashed else ""
+            attrs = attr("href", f"{base}{self.file_path(d)}{fragment}")
             if d.requires_python is not None:
                 attrs += attr("data-requires-python", d.requires_python)
             if e.yanked is not False:

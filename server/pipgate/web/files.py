@@ -154,10 +154,21 @@ async def _send_stream(
 async def _hold_use_lock(blobs: BlobStore, sha256: str | None) -> int | None:
     if sha256 is None or not is_sha256(sha256):
         return None
+    task = asyncio.ensure_future(asyncio.to_thread(acquire_shared, blobs.use_lock_path(sha256)))
     try:
-        return await asyncio.to_thread(acquire_shared, blobs.use_lock_path(sha256))
+        return await asyncio.shield(task)
     except OSError:
         return None  # a read-only cache still serves
+    except asyncio.CancelledError:
+        # The thread still takes the lock: release it when it does, or it would pin
+        # the blob against eviction for the life of the process.
+        task.add_done_callback(_close_acquired)
+        raise
+
+
+def _close_acquired(task: asyncio.Future[int]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        os.close(task.result())
 
 
 async def send_file_path(
