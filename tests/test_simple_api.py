@@ -249,3 +249,18 @@ async def test_root_list_is_streamed_gzipped_and_in_both_formats(gate: TestClien
     etag = as_json.headers["ETag"]
     again = await gate.get("/simple/", headers={"Accept": JSON, "If-None-Match": etag})
     assert again.status == 304
+
+
+async def test_quarantine_applies_at_once_to_files_served_from_cache(
+    make_gate: GateFactory, upstream: FakePyPI
+) -> None:
+    gate = await make_gate(index_ttl=0)
+    page = json.loads(await (await gate.get("/simple/beta/", headers={"Accept": JSON})).read())
+    file_url = gate.make_url("/simple/beta/").join(URL(page["files"][0]["url"]))
+    for expected in ("miss", "hit", "hit"):  # the later hits are remembered in memory
+        resp = await gate.get(file_url.path)
+        assert resp.headers["X-Pipgate-Cache"] == expected
+        await resp.read()
+    upstream.set_status("beta", "quarantined")
+    await gate.get("/simple/beta/")
+    assert (await gate.get(file_url.path)).status == 404

@@ -29,6 +29,9 @@ log = logging.getLogger("pipgate.files")
 METADATA_SUFFIX = ".metadata"
 #: Seconds between two recorded accesses of one file by one worker.
 TOUCH_INTERVAL = 60.0
+#: How long a cache hit is remembered in memory before it is looked up again.
+HIT_MEMO_SECONDS = 5.0
+HIT_MEMO_ENTRIES = 10_000
 
 
 class FileNotFound(Exception):
@@ -75,11 +78,17 @@ class FileService:
         self._metadata_inflight: dict[str, asyncio.Task[Served]] = {}
         #: sha256 -> when this worker last recorded an access (writes are throttled).
         self._touched: dict[str, float] = {}
+        #: (key, filename) -> recent cache hit and when it was looked up.
+        self._hits: dict[tuple[str, str], tuple[Served, float]] = {}
 
     async def open(self, project: str, key: str, filename: str) -> Served:
         """The file to send. Raises :class:`FileNotFound` or :class:`UpstreamError`."""
-        await self._check_offered(project)
-        cached = await self._cached(key, filename)
+        cached = self._recent_hit(project, key, filename)
+        if cached is None:
+            # One worker-thread hop for everything a cache hit needs.
+            cached = await asyncio.to_thread(self._cached, project, key, filename)
+            if cached is not None:
+                self._remember_hit(project, key, cached)
         if cached is not None:
             self._metrics.cache("file", "hit")
             await self._touch(cached.sha256)
@@ -183,14 +192,39 @@ class FileService:
         if record is not None and record.project_status == "quarantined":
             raise FileNotFound(f"project {project} is quarantined upstream")
 
-    async def _cached(self, key: str, filename: str) -> Served | None:
-        sha = key if is_sha256(key) else await self._index.get_alias(key)
-        if sha is None:
+    def forget(self, key: str, filename: str) -> None:
+        """Drop a memoised hit whose blob turned out to be gone (evicted elsewhere)."""
+        self._hits.pop((key, filename), None)
+
+    def _recent_hit(self, project: str, key: str, filename: str) -> Served | None:
+        """A hit found within the last few seconds (its blob is immutable while it
+        exists; a vanished blob shows as ``FileNotFoundError`` on open, and the
+        caller then calls :meth:`forget`)."""
+        entry = self._hits.get((key, filename))
+        if entry is None:
             return None
-        record = await self._index.get_blob(sha)
-        if record is None or record.filename != filename:
+        served, found_at = entry
+        if time.monotonic() - found_at > HIT_MEMO_SECONDS or self._pages.is_quarantined(project):
+            # Re-check now and then: PEP 792 quarantine applies to cached files too.
+            del self._hits[(key, filename)]
             return None
-        size = await asyncio.to_thread(self._blobs.size, sha)
+        return served
+
+    def _remember_hit(self, project: str, key: str, served: Served) -> None:
+        if len(self._hits) >= HIT_MEMO_ENTRIES:
+            self._hits.clear()
+        self._hits[(key, served.filename)] = (served, time.monotonic())
+
+    def _cached(self, project: str, key: str, filename: str) -> Served | None:
+        """The cached blob for this URL, if any (blocking; raises if quarantined)."""
+        if self._index.project_status(project) == "quarantined":
+            # PEP 792: a quarantined project offers no files, cached ones included.
+            raise FileNotFound(f"project {project} is quarantined upstream")
+        found = self._index.cached_blob(key)
+        if found is None or found[1].filename != filename:
+            return None
+        sha = found[0]
+        size = self._blobs.size(sha)
         if size is None:
             return None
         return Served(filename=filename, sha256=sha, size=size, path=self._blobs.path(sha))

@@ -65,6 +65,12 @@ class IndexService:
         self._metrics = metrics
         self._inflight: dict[str, asyncio.Task[PageView]] = {}
         self._models: OrderedDict[str, ProjectPage] = OrderedDict()
+        #: Projects this worker last saw quarantined (PEP 792), for the file hot path.
+        self._quarantined: set[str] = set()
+
+    def is_quarantined(self, name: str) -> bool:
+        """Whether this worker's latest copy of the page says quarantined."""
+        return name in self._quarantined
 
     async def project(self, name: str, *, revalidate: bool = False) -> PageView:
         """The page of normalised project ``name``.
@@ -162,6 +168,10 @@ class IndexService:
             last_modified=fetched.last_modified,
             project_status=page.status,
         )
+        if page.quarantined:
+            self._quarantined.add(name)
+        else:
+            self._quarantined.discard(name)
         unchanged = old is not None and old.status == 200 and old.digest == digest
         await self._index.put_page(name, record, None if unchanged else model)
         self._remember(digest, page)

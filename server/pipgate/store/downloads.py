@@ -22,14 +22,13 @@ import contextlib
 import errno
 import hashlib
 import logging
+import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol
-
-import aiofiles
+from typing import BinaryIO, Protocol
 
 from pipgate.errors import Reason, UpstreamError, classify
 from pipgate.metrics import Metrics
@@ -130,13 +129,18 @@ class Download:
         assert self.committed is not None
         return self.committed
 
-    async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """Bytes ``[start, end)`` as they become available; raises on failure.
+    async def segments(
+        self, start: int = 0, end: int | None = None
+    ) -> AsyncGenerator[tuple[BinaryIO, int, int], None]:
+        """Ranges ``(file, offset, count)`` of ``[start, end)`` as they reach the disk.
 
-        Until the file verified, its final byte is held back.
+        The web layer sends each with ``sendfile`` (no copy through Python). Raises
+        :class:`UpstreamError` when the download fails; until the file verified, its
+        final byte is held back. The file object stays valid after the temp file is
+        renamed into the blob store.
         """
         pos = start
-        handle = None
+        handle: BinaryIO | None = None
         try:
             while True:
                 if self.state is State.FAILED:
@@ -155,33 +159,41 @@ class Download:
                         limit = min(limit, end)
                 if pos < limit:
                     if handle is None:
-                        handle = await self._open()
+                        handle = await asyncio.to_thread(self._open)
                         if handle is None:
                             await self._progress.wait()
                             continue
-                    await handle.seek(pos)
-                    data = await handle.read(min(CHUNK, limit - pos))
-                    if not data:
-                        await self._progress.wait()
-                        continue
-                    pos += len(data)
-                    yield data
+                    yield handle, pos, limit - pos
+                    pos = limit
                 elif end is not None and pos >= end:
                     return
                 else:
                     await self._progress.wait()
         finally:
             if handle is not None:
-                await handle.close()
+                handle.close()
 
-    async def _open(self) -> Any:
-        """Open the temp file, or the committed blob once it was renamed."""
+    async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Bytes ``[start, end)`` as they become available (see :meth:`segments`)."""
+        async with contextlib.aclosing(self.segments(start, end)) as segments:
+            async for handle, offset, count in segments:
+                done = 0
+                while done < count:
+                    size = min(CHUNK, count - done)
+                    data = await asyncio.to_thread(os.pread, handle.fileno(), size, offset + done)
+                    if not data:
+                        raise UpstreamError(Reason.OTHER, "cached file shrank while read")
+                    done += len(data)
+                    yield data
+
+    def _open(self) -> BinaryIO | None:
+        """Open the committed blob, or the temp file while it is still arriving."""
         candidates = [self.temp_path]
         if self.committed is not None:
             candidates.insert(0, self.committed.path)
         for path in candidates:
             with contextlib.suppress(FileNotFoundError):
-                return await aiofiles.open(path, "rb")
+                return open(path, "rb")
         return None
 
     # --- the work --------------------------------------------------------------------------

@@ -196,6 +196,20 @@ class Index:
         """Write a blob record (blocking; reconciliation)."""
         self._cache.set(f"blob:{sha256}", asdict(record))
 
+    def cached_blob(self, key: str) -> tuple[str, BlobRecord] | None:
+        """The sha256 and record of the blob a file key names (blocking: the hot path
+        of cache hits runs it in one worker-thread hop with the other look-ups)."""
+        sha = key if len(key) == 64 else self._cache.get(f"alias:{key}")
+        if not sha:
+            return None
+        raw = self._cache.get(f"blob:{sha}")
+        return (str(sha), BlobRecord(**raw)) if raw else None
+
+    def project_status(self, project: str) -> str | None:
+        """The PEP 792 status of a cached page, if the page is cached (blocking)."""
+        raw = self._cache.get(f"page:{project}")
+        return str(raw.get("project_status", "active")) if raw else None
+
     async def get_alias(self, key: str) -> str | None:
         """The sha256 stored for a non-sha256 file key."""
         value = await self._get(f"alias:{key}")

@@ -9,6 +9,7 @@ never a complete wrong file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -21,6 +22,7 @@ from pipgate.file_service import METADATA_SUFFIX, FileNotFound, Served
 from pipgate.links import is_file_key, is_safe_filename
 from pipgate.simple.names import is_valid_name, normalize
 from pipgate.store.blobs import BlobStore, is_sha256
+from pipgate.store.downloads import Download
 from pipgate.store.locks import acquire_shared
 from pipgate.web.http import content_type_for, text_error
 from pipgate.web.ranges import (
@@ -52,18 +54,24 @@ async def file(request: web.Request) -> web.StreamResponse:
     ):
         return text_error(404, "no such file")
     svc = services(request)
-    try:
+
+    async def resolve() -> Served:
         if filename.endswith(METADATA_SUFFIX):
-            served = await svc.files.metadata(project, key, filename[: -len(METADATA_SUFFIX)])
-        else:
-            served = await svc.files.open(project, key, filename)
+            return await svc.files.metadata(project, key, filename[: -len(METADATA_SUFFIX)])
+        return await svc.files.open(project, key, filename)
+
+    try:
+        try:
+            return await send(request, await resolve())
+        except FileNotFoundError:
+            # Evicted (or repaired away) between look-up and open: now it is a miss.
+            svc.files.forget(key, filename)
+            return await send(request, await resolve())
     except FileNotFound as exc:
         return text_error(404, str(exc))
     except UpstreamError as exc:
-        return text_error(
-            exc.client_status, f"upstream fetch failed: {exc.reason.value}", exc.reason
-        )
-    return await send(request, served)
+        message = f"upstream fetch failed: {exc.reason.value}"
+        return text_error(exc.client_status, message, exc.reason)
 
 
 async def send(request: web.Request, served: Served) -> web.StreamResponse:
@@ -108,20 +116,61 @@ async def send(request: web.Request, served: Served) -> web.StreamResponse:
         return response
 
     svc = services(request)
-    # Held while bytes are sent: eviction never removes a file being read.
+    if served.path is not None:
+        # The use lock is held while bytes are sent: eviction never removes a file
+        # being read. Lock and open share one worker-thread hop (the hot path).
+        use, handle = await _open_blob(svc.blobs, served.path, served.sha256)
+        try:
+            count = (end if end is not None else (size or 0)) - start
+            await response.prepare(request)
+            await _sendfile_range(request, response, handle, start, count)
+            await response.write_eof()
+        finally:
+            handle.close()
+            if use is not None:
+                os.close(use)
+        source = "cache" if served.cached else "upstream"
+        svc.metrics.bytes_served.labels(source=source).inc(count)
+        return response
     use = await _hold_use_lock(svc.blobs, served.sha256)
     try:
-        if served.path is not None:
-            count = (end if end is not None else (size or 0)) - start
-            await _sendfile(request, response, served.path, start, count)
-            source = "cache" if served.cached else "upstream"
-            svc.metrics.bytes_served.labels(source=source).inc(count)
-            return response
-        assert served.stream is not None
         return await _send_stream(request, response, served, start, end)
     finally:
         if use is not None:
-            await asyncio.to_thread(os.close, use)
+            os.close(use)
+
+
+async def _open_blob(
+    blobs: BlobStore, path: Path, sha256: str | None
+) -> tuple[int | None, BinaryIO]:
+    """Take the blob's use lock (shared) and open it, in one worker-thread hop."""
+
+    def open_locked() -> tuple[int | None, BinaryIO]:
+        use = None
+        if sha256 is not None and is_sha256(sha256):
+            with contextlib.suppress(OSError):  # a read-only cache still serves
+                use = acquire_shared(blobs.use_lock_path(sha256))
+        try:
+            return use, open(path, "rb")
+        except BaseException:
+            if use is not None:
+                os.close(use)
+            raise
+
+    task = asyncio.ensure_future(asyncio.to_thread(open_locked))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_close_opened)
+        raise
+
+
+def _close_opened(task: asyncio.Future[tuple[int | None, BinaryIO]]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        use, handle = task.result()
+        handle.close()
+        if use is not None:
+            os.close(use)
 
 
 async def _send_stream(
@@ -131,14 +180,22 @@ async def _send_stream(
     start: int,
     end: int | None,
 ) -> web.StreamResponse:
+    """Send bytes still arriving; cut the connection if they fail verification."""
     assert served.stream is not None
     metrics = services(request).metrics
     await response.prepare(request)
     sent = 0
     try:
-        async for chunk in served.stream.read(start, end):
-            await response.write(chunk)
-            sent += len(chunk)
+        if isinstance(served.stream, Download):
+            # Disk-backed: each available range goes out with sendfile, no copies.
+            async with contextlib.aclosing(served.stream.segments(start, end)) as segments:
+                async for handle, offset, count in segments:
+                    await _sendfile_range(request, response, handle, offset, count)
+                    sent += count
+        else:
+            async for chunk in served.stream.read(start, end):
+                await response.write(chunk)
+                sent += len(chunk)
     except UpstreamError as exc:
         log.warning(
             "aborting response for %s after %d bytes: %s", served.filename, sent, exc.reason.value
@@ -192,28 +249,36 @@ async def _sendfile(
     handle = await asyncio.to_thread(open, path, "rb")
     try:
         await response.prepare(request)
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            return
-        if count > 0:
-            loop = asyncio.get_running_loop()
-            try:
-                await loop.sendfile(transport, handle, offset, count)
-            except NotImplementedError:
-                await _copy(response, handle, offset, count)
+        await _sendfile_range(request, response, handle, offset, count)
         await response.write_eof()
     finally:
-        await asyncio.to_thread(handle.close)
+        handle.close()
+
+
+async def _sendfile_range(
+    request: web.Request,
+    response: web.StreamResponse,
+    handle: BinaryIO,
+    offset: int,
+    count: int,
+) -> None:
+    """Send ``count`` bytes of ``handle`` from ``offset`` (zero-copy where possible)."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("client went away")
+    if count <= 0:
+        return
+    try:
+        await asyncio.get_running_loop().sendfile(transport, handle, offset, count)
+    except NotImplementedError:
+        await _copy(response, handle, offset, count)
 
 
 async def _copy(response: web.StreamResponse, handle: BinaryIO, offset: int, count: int) -> None:
-    def read(n: int) -> bytes:
-        handle.seek(offset + done)
-        return handle.read(n)
-
     done = 0
     while done < count:
-        chunk = await asyncio.to_thread(read, min(FALLBACK_CHUNK, count - done))
+        size = min(FALLBACK_CHUNK, count - done)
+        chunk = await asyncio.to_thread(os.pread, handle.fileno(), size, offset + done)
         if not chunk:
             break
         await response.write(chunk)
