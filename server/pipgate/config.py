@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -149,6 +149,43 @@ def parse_log_level(raw: Any) -> str:
     text = str(raw).strip().lower()
     if text not in {"debug", "info", "warning", "error"}:
         raise ValueError(f"expected debug, info, warning or error, got {raw!r}")
+    return text
+
+
+def parse_proxies(raw: Any) -> tuple[str, ...]:
+    """One proxy URL or an ordered list (TOML array, or comma-separated text)."""
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    proxies = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected http:// or https:// proxy URLs like http://proxy:3128")
+        proxies.append(text)
+    return tuple(proxies)
+
+
+def parse_optional_path(raw: Any) -> Path | None:
+    """A path, or empty for none."""
+    text = str(raw).strip()
+    return Path(text).expanduser() if text else None
+
+
+def parse_optional_text(raw: Any) -> str | None:
+    """A short text (an environment variable name, a user name), or empty for none."""
+    text = str(raw).strip()
+    if any(c.isspace() for c in text):
+        raise ValueError(f"must not contain spaces, got {raw!r}")
+    return text or None
+
+
+def parse_ca_mode(raw: Any) -> str:
+    """``add`` (system CAs plus ca_bundle) or ``replace`` (only ca_bundle)."""
+    text = str(raw).strip().lower()
+    if text not in ("add", "replace"):
+        raise ValueError(f"expected add or replace, got {raw!r}")
     return text
 
 
@@ -292,11 +329,149 @@ SETTINGS: tuple[Setting, ...] = (
         "upstream",
         "retries",
         _parse_int,
-        "extra attempts for a failed upstream page fetch",
+        "extra attempts for a failed upstream fetch (connection errors, timeouts, 429, 5xx)",
+    ),
+    Setting(
+        "retry_max_time",
+        "upstream",
+        "retry_max_time",
+        parse_duration,
+        "longest total time spent retrying one fetch",
+    ),
+    Setting(
+        "down_after",
+        "upstream",
+        "down_after",
+        parse_positive_int,
+        "consecutive failures after which the upstream is marked down",
+    ),
+    Setting(
+        "down_cooldown",
+        "upstream",
+        "down_cooldown",
+        parse_duration,
+        "how long a down upstream is skipped before it is probed again",
+    ),
+    Setting(
+        "proxy",
+        "upstream",
+        "proxy",
+        parse_proxies,
+        "corporate proxy URL, or an ordered list tried in turn (default: HTTP(S)_PROXY)",
+        flag=True,
+        metavar="URL",
+    ),
+    Setting(
+        "proxy_auth_env",
+        "upstream",
+        "proxy_auth_env",
+        parse_optional_text,
+        "name of an environment variable holding proxy credentials as user:password",
+    ),
+    Setting(
+        "proxy_auth_file",
+        "upstream",
+        "proxy_auth_file",
+        parse_optional_path,
+        "file holding proxy credentials as user:password (e.g. a Docker secret)",
+    ),
+    Setting(
+        "proxy_cooldown",
+        "upstream",
+        "proxy_cooldown",
+        parse_duration,
+        "how long a failing proxy is skipped",
+    ),
+    Setting(
+        "ca_bundle",
+        "upstream",
+        "ca_bundle",
+        parse_optional_path,
+        "PEM file of CA certificates for upstream TLS (a TLS-intercepting proxy's CA)",
+    ),
+    Setting(
+        "ca_bundle_mode",
+        "upstream",
+        "ca_bundle_mode",
+        parse_ca_mode,
+        "add: system CAs plus ca_bundle; replace: only ca_bundle",
+    ),
+    Setting(
+        "client_cert",
+        "upstream",
+        "client_cert",
+        parse_optional_path,
+        "client certificate (PEM) for mutual TLS",
+    ),
+    Setting(
+        "client_key",
+        "upstream",
+        "client_key",
+        parse_optional_path,
+        "private key (PEM) of client_cert",
+    ),
+    Setting(
+        "verify",
+        "upstream",
+        "verify",
+        parse_bool,
+        "verify upstream TLS certificates (false is insecure and loudly reported)",
+    ),
+    Setting(
+        "username",
+        "upstream",
+        "username",
+        parse_optional_text,
+        "user name for HTTP basic auth to a private index",
+    ),
+    Setting(
+        "password_env",
+        "upstream",
+        "password_env",
+        parse_optional_text,
+        "name of an environment variable holding the basic-auth password",
+    ),
+    Setting(
+        "password_file",
+        "upstream",
+        "password_file",
+        parse_optional_path,
+        "file holding the basic-auth password",
+    ),
+    Setting(
+        "token_env",
+        "upstream",
+        "token_env",
+        parse_optional_text,
+        "name of an environment variable holding a bearer token",
+    ),
+    Setting(
+        "token_file",
+        "upstream",
+        "token_file",
+        parse_optional_path,
+        "file holding a bearer token",
     ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Credentials and the proxy environment, read once at start-up.
+
+    ``repr`` shows no value, so a logged or printed Config never leaks them.
+    """
+
+    proxy_auth: tuple[str, str] | None = field(default=None, repr=False)
+    basic_auth: tuple[str, str] | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    #: ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` (either case), honoured when no
+    #: ``proxy`` is configured.
+    env_proxies: dict[str, str] = field(default_factory=dict, repr=False)
+    #: ``REQUESTS_CA_BUNDLE`` (``SSL_CERT_FILE`` is honoured by the ssl module itself).
+    env_ca_bundle: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -321,8 +496,27 @@ class Config:
     read_timeout: float = 30.0
     page_timeout: float = 60.0
     retries: int = 2
+    retry_max_time: float = 30.0
+    down_after: int = 5
+    down_cooldown: float = 30.0
+    proxy: tuple[str, ...] = ()
+    proxy_auth_env: str | None = None
+    proxy_auth_file: Path | None = None
+    proxy_cooldown: float = 60.0
+    ca_bundle: Path | None = None
+    ca_bundle_mode: str = "add"
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    verify: bool = True
+    username: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    token_env: str | None = None
+    token_file: Path | None = None
     #: Where the values came from, for ``pipgate doctor`` and start-up logs.
     config_file: Path | None = None
+    #: Secrets and proxy environment resolved at load time (never printed).
+    secrets: Secrets = field(default_factory=lambda: Secrets())
 
 
 def load_config(
@@ -358,7 +552,59 @@ def load_config(
 
     config = Config(**values, config_file=path)
     _check_consistency(config)
-    return config
+    return replace(config, secrets=_resolve_secrets(config, env))
+
+
+def _resolve_secrets(config: Config, env: Mapping[str, str]) -> Secrets:
+    """Read credentials from the environment variables and files the config names."""
+    proxy_auth = None
+    raw = _secret(env, config.proxy_auth_env, config.proxy_auth_file, "proxy_auth")
+    if raw is not None:
+        user, sep, password = raw.partition(":")
+        if not sep or not user:
+            raise ConfigError("upstream.proxy_auth_env/proxy_auth_file: expected user:password")
+        proxy_auth = (user, password)
+    basic_auth = None
+    secret = _secret(env, config.password_env, config.password_file, "password")
+    if secret is not None:
+        if not config.username:
+            raise ConfigError("upstream.username: required with password_env/password_file")
+        basic_auth = (config.username, secret)
+    token = _secret(env, config.token_env, config.token_file, "token")
+    if token is not None and basic_auth is not None:
+        raise ConfigError("upstream: configure either a password or a token, not both")
+    env_proxies = {
+        key.lower(): value
+        for key, value in env.items()
+        if key.lower() in ("http_proxy", "https_proxy", "no_proxy", "all_proxy") and value
+    }
+    ca_env = env.get("REQUESTS_CA_BUNDLE")
+    return Secrets(
+        proxy_auth=proxy_auth,
+        basic_auth=basic_auth,
+        token=token,
+        env_proxies=env_proxies,
+        env_ca_bundle=Path(ca_env) if ca_env else None,
+    )
+
+
+def _secret(
+    env: Mapping[str, str], env_name: str | None, path: Path | None, what: str
+) -> str | None:
+    if env_name and path:
+        raise ConfigError(f"upstream.{what}_env and upstream.{what}_file: set only one")
+    if env_name:
+        value = env.get(env_name)
+        if value is None:
+            raise ConfigError(f"upstream.{what}_env: environment variable {env_name} is not set")
+        return value.strip()
+    if path:
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise ConfigError(f"upstream.{what}_file: cannot read {path} ({reason})") from None
+    return None
 
 
 def _parse(setting: Setting, raw: Any, where: str) -> Any:
@@ -402,6 +648,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _check_consistency(config: Config) -> None:
     if config.retries < 0 or config.retries > 10:
         raise ConfigError("upstream.retries: expected 0-10")
+    for name in ("ca_bundle", "client_cert", "client_key"):
+        path = getattr(config, name)
+        if path is not None and not path.is_file():
+            raise ConfigError(f"upstream.{name}: no such file {path}")
+    if config.ca_bundle_mode == "replace" and config.ca_bundle is None:
+        raise ConfigError("upstream.ca_bundle_mode: replace needs upstream.ca_bundle")
+    if (config.client_cert is None) != (config.client_key is None) and config.client_cert is None:
+        raise ConfigError("upstream.client_key: needs upstream.client_cert")
     for name in ("connect_timeout", "read_timeout", "page_timeout"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{_BY_NAME[name].toml_key}: must be greater than 0")

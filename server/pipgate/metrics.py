@@ -71,6 +71,18 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.upstream_up = Gauge(
+            "pipgate_upstream_up",
+            "1 while the upstream answers, 0 while it is marked down.",
+            ["upstream"],
+            registry=r,
+        )
+        self.proxy_up = Gauge(
+            "pipgate_proxy_up",
+            "1 while the proxy works, 0 during its cool-down after a failure.",
+            ["proxy"],
+            registry=r,
+        )
         self.build_info = Gauge("pipgate_build_info", "pipgate version.", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
 

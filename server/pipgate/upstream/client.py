@@ -1,7 +1,13 @@
-"""The HTTP client for one upstream index: sessions, timeouts, retries, error classes.
+"""The HTTP client for one upstream index: proxies, TLS, auth, timeouts, retries, health.
 
 Everything that talks to upstream goes through :class:`UpstreamClient`, so failures are
-classified once (:mod:`pipgate.errors`) and counted once.
+classified once (:mod:`pipgate.errors`) and counted once. Each request goes through the
+proxies :class:`~pipgate.upstream.proxy.ProxyChooser` offers, failing over when a proxy
+cannot be reached or refuses the tunnel. Failed fetches are retried with exponential
+backoff and jitter (honouring ``Retry-After``), bounded in count and in total time,
+and only for causes a retry can cure. After ``down_after`` consecutive failed fetches
+the upstream is marked down for ``down_cooldown``: requests then fail at once (cached
+pages and files keep being served) until it is probed again.
 """
 
 from __future__ import annotations
@@ -9,11 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import aiofiles
 import aiohttp
@@ -22,6 +31,7 @@ from pipgate.config import Config
 from pipgate.errors import Reason, UpstreamError, classify, reason_for_status
 from pipgate.metrics import Metrics
 from pipgate.redact import redact_url, upstream_label
+from pipgate.upstream.proxy import Proxy, ProxyChooser
 
 log = logging.getLogger("pipgate.upstream")
 
@@ -30,11 +40,16 @@ MAX_PAGE_BYTES = 128 << 20
 #: PEP 658 metadata files above this size are refused.
 MAX_METADATA_BYTES = 16 << 20
 #: Longest ``Retry-After`` pipgate waits out inside one client request.
-MAX_RETRY_AFTER = 5.0
+MAX_RETRY_AFTER = 10.0
 #: HTTP statuses worth retrying (RFC 9110 transient ones plus 429).
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: Causes that never get better by asking again.
+NOT_RETRYABLE = frozenset(
+    {Reason.TOO_LARGE, Reason.HTTP_4XX, Reason.BAD_PAGE, Reason.PROXY_AUTH, Reason.POLICY}
+)
 
 T = TypeVar("T")
+Opener = AbstractAsyncContextManager[aiohttp.ClientResponse]
 
 PAGE_ACCEPT = (
     "application/vnd.pypi.simple.v1+json, "
@@ -59,6 +74,26 @@ class PageFetch:
     last_modified: str | None = None
 
 
+def build_ssl_context(config: Config) -> ssl.SSLContext:
+    """The TLS context for upstream: system CAs (``SSL_CERT_FILE`` honoured by ``ssl``),
+    plus ``REQUESTS_CA_BUNDLE`` and ``ca_bundle``, or only ``ca_bundle`` in replace mode;
+    a client certificate for mutual TLS; verification off only when asked."""
+    if config.ca_bundle is not None and config.ca_bundle_mode == "replace":
+        context = ssl.create_default_context(cafile=str(config.ca_bundle))
+    else:
+        context = ssl.create_default_context()
+        for extra in (config.secrets.env_ca_bundle, config.ca_bundle):
+            if extra is not None:
+                context.load_verify_locations(cafile=str(extra))
+    if config.client_cert is not None:
+        key = str(config.client_key) if config.client_key else None
+        context.load_cert_chain(str(config.client_cert), key)
+    if not config.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class UpstreamClient:
     """One upstream simple index reached over one aiohttp session."""
 
@@ -68,6 +103,13 @@ class UpstreamClient:
         self._config = config
         self._metrics = metrics
         self._session: aiohttp.ClientSession | None = None
+        self.proxies = ProxyChooser(
+            config.proxy,
+            auth=config.secrets.proxy_auth,
+            env=config.secrets.env_proxies,
+            cooldown=config.proxy_cooldown,
+        )
+        self._origin = _origin(config.upstream)
         self._page_timeout = aiohttp.ClientTimeout(
             total=config.page_timeout,
             sock_connect=config.connect_timeout,
@@ -77,15 +119,30 @@ class UpstreamClient:
         self._file_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=config.connect_timeout, sock_read=config.read_timeout
         )
+        self._consecutive_failures = 0
+        self._down_until = 0.0
+        #: The last failure, for ``/readyz`` (reason and a credential-free detail).
+        self.last_error: UpstreamError | None = None
 
     async def start(self) -> None:
         """Open the session (inside the running loop)."""
+        if not self._config.verify:
+            log.warning(
+                "TLS VERIFICATION IS OFF for upstream %s (upstream.verify = false): "
+                "anyone on the path can serve forged packages",
+                self.name,
+            )
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=60),
-            # Honour HTTP(S)_PROXY / NO_PROXY and ~/.netrc when nothing else is configured.
-            trust_env=True,
+            connector=aiohttp.TCPConnector(
+                limit=64, ttl_dns_cache=60, ssl=build_ssl_context(self._config)
+            ),
+            # Proxies and NO_PROXY are decided by ProxyChooser from the config.
+            trust_env=False,
             headers={"User-Agent": "pipgate"},
         )
+        for proxy in self.proxies.proxies:
+            self._metrics.proxy_up.labels(proxy=proxy.label).set(1)
+        self._metrics.upstream_up.labels(upstream=self.name).set(1)
 
     async def close(self) -> None:
         """Close the session and its pooled connections."""
@@ -99,9 +156,92 @@ class UpstreamClient:
             raise RuntimeError("UpstreamClient.start() was not awaited")
         return self._session
 
+    @property
+    def is_down(self) -> bool:
+        """Whether the upstream is in its cool-down after repeated failures."""
+        return time.monotonic() < self._down_until
+
+    @property
+    def tls_verification(self) -> bool:
+        return self._config.verify
+
     def project_url(self, name: str) -> str:
         """The upstream page URL of a normalised project name."""
         return f"{self.index_url}{name}/"
+
+    # --- one request through the proxies -----------------------------------------------
+
+    @asynccontextmanager
+    async def _get(
+        self,
+        url: str,
+        *,
+        headers: dict[str, str],
+        timeouts: aiohttp.ClientTimeout,
+        auto_decompress: bool = True,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """GET ``url`` through the first proxy that works (or directly)."""
+        headers = dict(headers)
+        auth = None
+        if _origin(url) == self._origin:
+            # Credentials go to the index's own origin only, never to a files CDN.
+            if self._config.secrets.token:
+                headers["Authorization"] = f"Bearer {self._config.secrets.token}"
+            elif self._config.secrets.basic_auth:
+                auth = aiohttp.BasicAuth(*self._config.secrets.basic_auth)
+        failure: UpstreamError | None = None
+        for proxy in self.proxies.for_url(url):
+            try:
+                resp = await self.session.get(
+                    url,
+                    headers=headers,
+                    timeout=timeouts,
+                    auth=auth,
+                    auto_decompress=auto_decompress,
+                    proxy=proxy.url if proxy else None,
+                    proxy_auth=proxy.auth if proxy else None,
+                )
+            except (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError) as exc:
+                failure = UpstreamError(classify(exc), _describe(exc, url, proxy))
+                self._proxy_failed(proxy, failure)
+                continue
+            if proxy is not None and resp.status == 407:
+                resp.release()
+                failure = UpstreamError(
+                    Reason.PROXY_AUTH,
+                    f"proxy authentication required by {proxy.label}: "
+                    "check the proxy credentials (upstream.proxy_auth_env/_file)",
+                    status=407,
+                )
+                self._proxy_failed(proxy, failure)
+                continue
+            if proxy is not None:
+                self._proxy_ok(proxy)
+            try:
+                yield resp
+            finally:
+                resp.release()
+            return
+        assert failure is not None
+        raise failure
+
+    def _proxy_failed(self, proxy: Proxy | None, error: UpstreamError) -> None:
+        if proxy is None:
+            return
+        self.proxies.failed(proxy)
+        self._metrics.proxy_up.labels(proxy=proxy.label).set(0)
+        log.warning(
+            "proxy %s failed (%s: %s); trying the next one if any",
+            proxy.label,
+            error.reason.value,
+            error.detail,
+        )
+
+    def _proxy_ok(self, proxy: Proxy) -> None:
+        if not self.proxies.is_up(proxy):
+            log.info("proxy %s works again", proxy.label)
+        self.proxies.succeeded(proxy)
+        self._metrics.proxy_up.labels(proxy=proxy.label).set(1)
 
     # --- pages ---------------------------------------------------------------------------
 
@@ -114,14 +254,10 @@ class UpstreamClient:
         accept: str = PAGE_ACCEPT,
     ) -> PageFetch:
         """GET an index page, conditionally when validators are given, with retries."""
-        headers = {"Accept": accept}
-        if etag:
-            headers["If-None-Match"] = etag
-        if last_modified:
-            headers["If-Modified-Since"] = last_modified
+        headers = _conditional({"Accept": accept}, etag, last_modified)
 
         async def attempt() -> PageFetch:
-            async with self.session.get(url, headers=headers, timeout=self._page_timeout) as resp:
+            async with self._get(url, headers=headers, timeouts=self._page_timeout) as resp:
                 if resp.status in (404, 410):
                     return PageFetch(status=404, url=str(resp.url))
                 if resp.status == 304:
@@ -132,18 +268,11 @@ class UpstreamClient:
                         last_modified=resp.headers.get("Last-Modified", last_modified),
                     )
                 _raise_for_status(resp)
-                declared = resp.content_length
-                if declared is not None and declared > MAX_PAGE_BYTES:
-                    raise UpstreamError(Reason.TOO_LARGE, f"page of {declared} bytes")
-                body = bytearray()
-                async for chunk in resp.content.iter_chunked(1 << 16):
-                    body += chunk
-                    if len(body) > MAX_PAGE_BYTES:
-                        raise UpstreamError(Reason.TOO_LARGE, "page larger than the limit")
+                body = await _read_limited(resp, MAX_PAGE_BYTES, "page")
                 return PageFetch(
                     status=200,
                     url=str(resp.url),
-                    body=bytes(body),
+                    body=body,
                     content_type=resp.headers.get("Content-Type", ""),
                     etag=resp.headers.get("ETag"),
                     last_modified=resp.headers.get("Last-Modified"),
@@ -160,23 +289,11 @@ class UpstreamClient:
         last_modified: str | None = None,
         accept: str = ROOT_ACCEPT,
     ) -> PageFetch:
-        """GET a (large) page straight into ``path`` without holding it in memory.
-
-        Returns a :class:`PageFetch` with an empty body; the body is in ``path``.
-        """
-        headers = {"Accept": accept}
-        if etag:
-            headers["If-None-Match"] = etag
-        if last_modified:
-            headers["If-Modified-Since"] = last_modified
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=self._config.connect_timeout,
-            sock_read=self._config.read_timeout,
-        )
+        """GET a (large) page straight into ``path`` without holding it in memory."""
+        headers = _conditional({"Accept": accept}, etag, last_modified)
 
         async def attempt() -> PageFetch:
-            async with self.session.get(url, headers=headers, timeout=timeout) as resp:
+            async with self._get(url, headers=headers, timeouts=self._file_timeout) as resp:
                 if resp.status in (404, 410):
                     return PageFetch(status=404, url=str(resp.url))
                 if resp.status == 304:
@@ -201,60 +318,82 @@ class UpstreamClient:
         """GET a small file (PEP 658 metadata) whole; ``None`` when upstream has none."""
 
         async def attempt() -> bytes | None:
-            async with self.session.get(
-                url,
-                headers={"Accept-Encoding": "identity"},
-                timeout=self._page_timeout,
-            ) as resp:
+            headers = {"Accept-Encoding": "identity"}
+            async with self._get(url, headers=headers, timeouts=self._page_timeout) as resp:
                 if resp.status in (404, 410):
                     return None
                 _raise_for_status(resp)
-                body = bytearray()
-                async for chunk in resp.content.iter_chunked(1 << 16):
-                    body += chunk
-                    if len(body) > limit:
-                        raise UpstreamError(Reason.TOO_LARGE, "metadata larger than the limit")
-                return bytes(body)
+                return await _read_limited(resp, limit, "metadata")
 
         return await self._with_retries(attempt, what="metadata", url=url)
 
     @asynccontextmanager
     async def open_file(
-        self, url: str, *, offset: int = 0
+        self, url: str, *, offset: int = 0, validator: str | None = None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Open a distribution file for streaming (identity encoding, no total timeout).
 
-        The response status is 200, or 206 when ``offset`` > 0 and upstream honoured it.
-        Errors are raised as :class:`UpstreamError` (404 keeps its status).
+        With ``offset`` > 0 it asks for the rest of the file (``Range``, guarded by
+        ``If-Range: validator`` when one is known): the status is 206 when upstream
+        resumed, 200 when it sends the whole file again. Opening is retried like any
+        fetch; errors while reading the body surface as :class:`UpstreamError`.
         """
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
-        try:
-            async with self.session.get(
-                url, headers=headers, timeout=self._file_timeout, auto_decompress=False
-            ) as resp:
+            if validator:
+                headers["If-Range"] = validator
+
+        async def attempt() -> tuple[Opener, aiohttp.ClientResponse]:
+            opener = self._get(
+                url, headers=headers, timeouts=self._file_timeout, auto_decompress=False
+            )
+            resp = await opener.__aenter__()
+            if resp.status >= 400:
+                await opener.__aexit__(None, None, None)
                 _raise_for_status(resp)
-                yield resp
+            return opener, resp
+
+        opener, resp = await self._with_retries(attempt, what="file", url=url)
+        try:
+            yield resp
         except UpstreamError:
             raise
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(classify(exc), _describe(exc, url)) from exc
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise UpstreamError(classify(exc), _describe(exc, url, None)) from exc
+        finally:
+            await opener.__aexit__(None, None, None)
 
-    # --- retries -------------------------------------------------------------------------
+    # --- retries and health --------------------------------------------------------------
 
     async def _with_retries(self, attempt: Callable[[], Awaitable[T]], *, what: str, url: str) -> T:
+        if self.is_down:
+            raise UpstreamError(
+                Reason.CONNECT,
+                f"upstream {self.name} is marked down after repeated failures "
+                f"({self.last_error.reason.value if self.last_error else 'unknown'}); "
+                "it will be probed again shortly",
+            )
         tries = 1 + self._config.retries
+        deadline = time.monotonic() + self._config.retry_max_time
         for number in range(1, tries + 1):
             try:
-                return await attempt()
+                result = await attempt()
             except UpstreamError as exc:
                 error = exc
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                error = UpstreamError(classify(exc), _describe(exc, url))
-            if number == tries or not _retryable(error):
-                raise error
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                error = UpstreamError(classify(exc), _describe(exc, url, None))
+            else:
+                self._healthy()
+                return result
             delay = error.retry_after if error.retry_after is not None else _backoff(number)
+            if (
+                number == tries
+                or not _retryable(error)
+                or time.monotonic() + delay > deadline
+            ):
+                self._failed(error)
+                raise error
             log.info(
                 "upstream %s %s failed (%s), retry %d/%d in %.2fs",
                 what,
@@ -267,16 +406,79 @@ class UpstreamClient:
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
+    def _healthy(self) -> None:
+        if self._consecutive_failures >= self._config.down_after:
+            log.info("upstream %s is reachable again", self.name)
+        self._consecutive_failures = 0
+        self._down_until = 0.0
+        self._metrics.upstream_up.labels(upstream=self.name).set(1)
+
+    def _failed(self, error: UpstreamError) -> None:
+        self.last_error = error
+        if not _counts_against_health(error):
+            return
+        self._consecutive_failures += 1
+        if self._consecutive_failures >= self._config.down_after:
+            self._down_until = time.monotonic() + self._config.down_cooldown
+            self._metrics.upstream_up.labels(upstream=self.name).set(0)
+            log.error(
+                "upstream %s marked down for %.0fs after %d consecutive failures (last: %s)",
+                self.name,
+                self._config.down_cooldown,
+                self._consecutive_failures,
+                error.reason.value,
+            )
+
+
+def _counts_against_health(error: UpstreamError) -> bool:
+    """Connectivity failures make an upstream "down"; a 404 or a bad file does not."""
+    return error.reason in (
+        Reason.TIMEOUT,
+        Reason.DNS,
+        Reason.CONNECT,
+        Reason.TLS,
+        Reason.PROXY_CONNECT,
+        Reason.PROXY_AUTH,
+        Reason.HTTP_5XX,
+    )
+
 
 def _retryable(error: UpstreamError) -> bool:
-    if error.status is not None:
+    if error.status is not None and error.reason is not Reason.PROXY_AUTH:
         return error.status in RETRY_STATUSES
-    return error.reason not in (Reason.TOO_LARGE, Reason.HTTP_4XX, Reason.BAD_PAGE)
+    return error.reason not in NOT_RETRYABLE
 
 
 def _backoff(number: int) -> float:
-    """Exponential backoff with full jitter: 0.2 s, 0.4 s, 0.8 s ... (capped)."""
+    """Exponential backoff with full jitter: up to 0.2 s, 0.4 s, 0.8 s ... (capped)."""
     return random.uniform(0, min(4.0, 0.2 * (2 ** (number - 1))))
+
+
+def _conditional(
+    headers: dict[str, str], etag: str | None, last_modified: str | None
+) -> dict[str, str]:
+    if etag:
+        headers["If-None-Match"] = etag
+    if last_modified:
+        headers["If-Modified-Since"] = last_modified
+    return headers
+
+
+async def _read_limited(resp: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    declared = resp.content_length
+    if declared is not None and declared > limit:
+        raise UpstreamError(Reason.TOO_LARGE, f"{what} of {declared} bytes")
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        body += chunk
+        if len(body) > limit:
+            raise UpstreamError(Reason.TOO_LARGE, f"{what} larger than the limit")
+    return bytes(body)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return (parts.scheme, (parts.hostname or "").lower(), parts.port)
 
 
 def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
@@ -287,14 +489,15 @@ def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
         f"upstream answered HTTP {resp.status} for {redact_url(str(resp.url))}",
         status=resp.status,
     )
-    retry_after = resp.headers.get("Retry-After", "")
+    retry_after = resp.headers.get("Retry-After", "").strip()
     if retry_after.isdigit():
         error.retry_after = min(float(retry_after), MAX_RETRY_AFTER)
     raise error
 
 
-def _describe(exc: BaseException, url: str) -> str:
+def _describe(exc: BaseException, url: str, proxy: Proxy | None) -> str:
     text = str(exc) or type(exc).__name__
-    # aiohttp messages may embed the URL with credentials: replace them.
+    # aiohttp messages may embed URLs with credentials: replace them.
     text = text.replace(url, redact_url(url))
-    return f"{type(exc).__name__}: {text}"
+    where = f" via proxy {proxy.label}" if proxy is not None else ""
+    return f"{type(exc).__name__}{where}: {text}"
