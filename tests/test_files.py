@@ -8,6 +8,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from pipgate.store import downloads
 from tests.support.fake_pypi import FakePyPI
 from tests.support.links import file_path
 from tests.support.metrics import metric_value
@@ -135,12 +136,31 @@ async def test_hash_mismatch_aborts_the_body_and_counts_the_failure(
     assert retry.headers["X-Pipgate-Cache"] == "miss"  # nothing was cached
 
 
-async def test_truncated_upstream_body_aborts_the_client_and_is_never_cached(
+async def test_broken_upstream_body_is_resumed_into_one_complete_response(
     gate: TestClient, upstream: FakePyPI
 ) -> None:
     big = build_wheel("bigpkg", "1.0", pad_to=2 << 20)
     upstream.add(big)
+    upstream.truncate[big.filename] = 1 << 20  # every response breaks after 1 MiB
+    path = await file_path(gate, "bigpkg", big.filename)
+    resp = await gate.get(path)
+    assert resp.status == 200
+    assert await resp.read() == big.data  # one uninterrupted body for the client
+    assert await metric(gate, "pipgate_download_resumes_total") >= 1
+    resumed = [h for h in upstream.headers_for(upstream.file_path(big)) if "range" in h]
+    assert resumed and all(h["range"].startswith("bytes=") for h in resumed)
+    assert all(h.get("if-range") for h in resumed)  # guarded by the first response's ETag
+    assert (await gate.get(path)).headers["X-Pipgate-Cache"] == "hit"
+
+
+async def test_body_that_keeps_breaking_aborts_the_client_and_is_never_cached(
+    gate: TestClient, upstream: FakePyPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(downloads, "MAX_RESUMES", 1)
+    big = build_wheel("bigpkg", "1.0", pad_to=2 << 20)
+    upstream.add(big)
     upstream.truncate[big.filename] = 1 << 20
+    upstream.no_ranges.add(big.filename)  # resuming yields no progress
     path = await file_path(gate, "bigpkg", big.filename)
     resp = await gate.get(path)
     assert resp.status == 200

@@ -71,6 +71,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.download_resumes = Counter(
+            "pipgate_download_resumes",
+            "Downloads continued with a Range request after the connection broke.",
+            ["upstream"],
+            registry=r,
+        )
         self.upstream_up = Gauge(
             "pipgate_upstream_up",
             "1 while the upstream answers, 0 while it is marked down.",

@@ -30,7 +30,9 @@ from enum import Enum
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from pipgate.errors import Reason, UpstreamError, classify
+import aiohttp
+
+from pipgate.errors import Reason, UpstreamError, classify, reason_for_status
 from pipgate.metrics import Metrics
 from pipgate.redact import redact_url
 from pipgate.store.blobs import VERIFIABLE, BlobStore, BlobWriter, Committed, IntegrityError
@@ -46,6 +48,10 @@ FOLLOW_POLL = 0.02
 FOLLOW_START_TIMEOUT = 60.0
 #: After a disk-full or unwritable-cache error, new downloads pass through this long.
 DEGRADED_SECONDS = 60.0
+#: How many times one download is resumed after its connection broke.
+MAX_RESUMES = 5
+#: Causes after which a download is resumed from the byte it reached.
+RESUMABLE = frozenset({Reason.TRUNCATED, Reason.TIMEOUT, Reason.CONNECT, Reason.OTHER})
 #: Free space kept beyond a file's size before caching it.
 FREE_SPACE_RESERVE = 64 << 20
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -232,22 +238,55 @@ class Download:
         token = uuid.uuid4().hex
         await asyncio.to_thread(lock.write_state, {})
         writer: BlobWriter | None = None
+        validator: str | None = None
+        resumes = 0
         self._metrics.inflight_downloads.inc()
         try:
-            async with self._client.open_file(self.url) as resp:
-                size = resp.content_length if resp.content_length is not None else None
-                if size is None:
-                    size = self._expected_size
-                writer = await self._open_writer(size)
-                self.size = size
-                await asyncio.to_thread(
-                    lock.write_state, {"token": token, "state": "running", "size": size}
-                )
-                self._started.set()
-                async for chunk in resp.content.iter_chunked(CHUNK):
-                    await self._write(writer, chunk)
-                    self.written = writer.written
-                    self._notify()
+            while True:
+                offset = writer.written if writer is not None else 0
+                try:
+                    async with self._client.open_file(
+                        self.url, offset=offset, validator=validator
+                    ) as resp:
+                        if writer is None:
+                            size = resp.content_length
+                            if size is None:
+                                size = self._expected_size
+                            writer = await self._open_writer(size)
+                            validator = _strong_validator(resp)
+                            self.size = size
+                            state = {"token": token, "state": "running", "size": size}
+                            await asyncio.to_thread(lock.write_state, state)
+                            self._started.set()
+                            skip = 0
+                        else:
+                            skip = _resume_skip(resp, offset)
+                        await self._copy_body(resp, writer, skip)
+                    if self.size is not None and writer.written < self.size:
+                        raise UpstreamError(
+                            Reason.TRUNCATED,
+                            f"body ended after {writer.written} of {self.size} bytes",
+                        )
+                    break
+                except UpstreamError as exc:
+                    if (
+                        writer is None
+                        or writer.written == 0
+                        or exc.reason not in RESUMABLE
+                        or resumes >= MAX_RESUMES
+                    ):
+                        raise
+                    resumes += 1
+                    self._metrics.download_resumes.labels(upstream=self._client.name).inc()
+                    log.warning(
+                        "download of %s broke at byte %d (%s); resuming with Range (%d/%d)",
+                        redact_url(self.url),
+                        writer.written,
+                        exc.reason.value,
+                        resumes,
+                        MAX_RESUMES,
+                    )
+                    await asyncio.sleep(min(2.0, 0.1 * 2**resumes))
             try:
                 committed = await asyncio.to_thread(writer.commit)
             except IntegrityError as exc:
@@ -270,6 +309,21 @@ class Download:
             self._metrics.inflight_downloads.dec()
             if writer is not None:
                 await asyncio.to_thread(writer.discard)
+
+    async def _copy_body(
+        self, resp: aiohttp.ClientResponse, writer: BlobWriter, skip: int
+    ) -> None:
+        """Append the response body to the temp file, dropping its first ``skip`` bytes
+        (an upstream that ignored our Range resends the whole file)."""
+        async for chunk in resp.content.iter_chunked(CHUNK):
+            if skip:
+                if len(chunk) <= skip:
+                    skip -= len(chunk)
+                    continue
+                chunk, skip = chunk[skip:], 0
+            await self._write(writer, chunk)
+            self.written = writer.written
+            self._notify()
 
     async def _open_writer(self, size: int | None) -> BlobWriter:
         free = await asyncio.to_thread(self._store.free_bytes)
@@ -414,6 +468,29 @@ class PassThrough:
             raise UpstreamError(Reason.HASH_MISMATCH, f"{name} differs from the published one")
         if pending:
             yield pending
+
+
+def _strong_validator(resp: aiohttp.ClientResponse) -> str | None:
+    """The validator for ``If-Range`` (RFC 9110 §13.1.5: a strong ETag or a date)."""
+    etag = resp.headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return resp.headers.get("Last-Modified")
+
+
+def _resume_skip(resp: aiohttp.ClientResponse, offset: int) -> int:
+    """Bytes to drop from a resume response: 0 for a 206 starting at ``offset``,
+    ``offset`` for a 200 (upstream sent the whole file again)."""
+    if resp.status == 200:
+        return offset
+    if resp.status == 206:
+        content_range = resp.headers.get("Content-Range", "")
+        unit, _, spec = content_range.partition(" ")
+        first = spec.split("-", 1)[0]
+        if unit.strip().lower() == "bytes" and first.isdigit() and int(first) == offset:
+            return 0
+        raise UpstreamError(Reason.BAD_PAGE, f"resume got Content-Range {content_range!r}")
+    raise UpstreamError(reason_for_status(resp.status), f"resume answered {resp.status}")
 
 
 def _append(writer: BlobWriter, chunk: bytes) -> None:

@@ -19,16 +19,36 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the cache directory is writable (JSON body says what is wrong)."""
+    """Readiness: the cache is writable and the upstream usable; the JSON body says what
+    is wrong (and warns when TLS verification is off)."""
     svc = services(request)
+    client = svc.client
     problems = []
+    warnings = []
     writable = await asyncio.to_thread(os.access, svc.blobs.tmp, os.W_OK)
     if not writable:
         problems.append(f"cache directory {svc.blobs.tmp} is not writable")
+    if client.is_down:
+        problems.append(f"upstream {client.name} is marked down after repeated failures")
+    if not client.tls_verification:
+        warnings.append(
+            f"TLS verification is OFF for upstream {client.name} (upstream.verify = false)"
+        )
+    last = client.last_error
     body = {
         "ready": not problems,
         "problems": problems,
-        "upstream": {"name": svc.client.name, "url": redact_url(svc.client.index_url)},
+        "warnings": warnings,
+        "upstream": {
+            "name": client.name,
+            "url": redact_url(client.index_url),
+            "up": not client.is_down,
+            "last_error": {"reason": last.reason.value, "detail": last.detail} if last else None,
+        },
+        "proxies": [
+            {"proxy": proxy.label, "up": client.proxies.is_up(proxy)}
+            for proxy in client.proxies.proxies
+        ],
     }
     return web.json_response(body, status=200 if not problems else 503)
 
