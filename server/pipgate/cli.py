@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ from aiohttp import web
 from pipgate import __version__
 from pipgate.app import create_app
 from pipgate.config import SETTINGS, Config, ConfigError, load_config
+from pipgate.doctor import report, run_doctor, succeeded
 from pipgate.redact import redact_url
 from pipgate.store.integrity import verify_cache
 from pipgate.workers import serve_workers
@@ -38,6 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(verify)
     verify.add_argument("--repair", action="store_true", help="remove corrupt files")
     verify.add_argument("--json", action="store_true", help="machine-readable report")
+    doctor = commands.add_parser(
+        "doctor",
+        help="check each step of the path to upstream and say what to fix",
+        description="Exit status 0 only when every step passes.",
+    )
+    _add_config_flags(doctor)
+    doctor.add_argument("--json", action="store_true", help="machine-readable report")
+    doctor.add_argument(
+        "--project", default="pip", help="project whose page and smallest file are fetched"
+    )
     return parser
 
 
@@ -72,7 +84,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(config)
     if args.command == "verify":
         return verify(config, repair=args.repair, as_json=args.json)
+    if args.command == "doctor":
+        return doctor(config, project=args.project, as_json=args.json)
     return 2
+
+
+def doctor(config: Config, *, project: str, as_json: bool) -> int:
+    """``pipgate doctor``: 0 when every step of the path works, 1 otherwise."""
+    steps = asyncio.run(run_doctor(config, project=project))
+    if as_json:
+        print(json.dumps({"ok": succeeded(steps), "steps": [s.to_json() for s in steps]}, indent=2))
+    else:
+        print(report(steps))
+    return 0 if succeeded(steps) else 1
 
 
 def verify(config: Config, *, repair: bool, as_json: bool) -> int:
