@@ -10,7 +10,6 @@ with its hash checked. The exit status is 0 only when every step passed.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import os
 import shutil
@@ -235,9 +234,8 @@ def _connect_through(proxy: Proxy, host: str, port: int) -> socket.socket:
     parts = urlsplit(proxy.url)
     sock = socket.create_connection((parts.hostname or "", parts.port or 3128), timeout=10)
     request = f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-    if proxy.auth is not None:
-        token = base64.b64encode(f"{proxy.auth.login}:{proxy.auth.password}".encode()).decode()
-        request += f"Proxy-Authorization: Basic {token}\r\n"
+    if proxy.authorization is not None:
+        request += f"Proxy-Authorization: {proxy.authorization}\r\n"
     sock.sendall((request + "\r\n").encode())
     response = b""
     while b"\r\n\r\n" not in response and len(response) < 65536:

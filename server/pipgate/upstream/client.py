@@ -31,7 +31,7 @@ from pipgate.config import Config
 from pipgate.errors import Reason, UpstreamError, classify, reason_for_status
 from pipgate.metrics import Metrics
 from pipgate.redact import redact_url, upstream_label
-from pipgate.upstream.proxy import Proxy, ProxyChooser
+from pipgate.upstream.proxy import Proxy, ProxyChooser, basic_authorization
 
 log = logging.getLogger("pipgate.upstream")
 
@@ -182,24 +182,29 @@ class UpstreamClient:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """GET ``url`` through the first proxy that works (or directly)."""
         headers = dict(headers)
-        auth = None
         if _origin(url) == self._origin:
             # Credentials go to the index's own origin only, never to a files CDN.
             if self._config.secrets.token:
                 headers["Authorization"] = f"Bearer {self._config.secrets.token}"
             elif self._config.secrets.basic_auth:
-                auth = aiohttp.BasicAuth(*self._config.secrets.basic_auth)
+                headers["Authorization"] = basic_authorization(*self._config.secrets.basic_auth)
         failure: UpstreamError | None = None
         for proxy in self.proxies.for_url(url):
+            request_headers, proxy_headers = headers, None
+            if proxy is not None and proxy.authorization:
+                if url.startswith("https:"):
+                    # Sent with CONNECT only: the tunnelled request never carries it.
+                    proxy_headers = {"Proxy-Authorization": proxy.authorization}
+                else:
+                    request_headers = {**headers, "Proxy-Authorization": proxy.authorization}
             try:
                 resp = await self.session.get(
                     url,
-                    headers=headers,
+                    headers=request_headers,
                     timeout=timeouts,
-                    auth=auth,
                     auto_decompress=auto_decompress,
                     proxy=proxy.url if proxy else None,
-                    proxy_auth=proxy.auth if proxy else None,
+                    proxy_headers=proxy_headers,
                 )
             except (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError) as exc:
                 failure = UpstreamError(classify(exc), _describe(exc, url, proxy))

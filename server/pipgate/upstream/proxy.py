@@ -10,15 +10,19 @@ CIDR ranges.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
-
 from pipgate.redact import upstream_label
+
+
+def basic_authorization(user: str, password: str) -> str:
+    """An ``Authorization``/``Proxy-Authorization`` value for HTTP basic auth."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -26,7 +30,13 @@ class Proxy:
     """One proxy: its URL without credentials, and the credentials to send it."""
 
     url: str
-    auth: aiohttp.BasicAuth | None = field(default=None, repr=False)
+    #: ``(user, password)``; never part of ``repr`` or of any URL pipgate prints.
+    auth: tuple[str, str] | None = field(default=None, repr=False)
+
+    @property
+    def authorization(self) -> str | None:
+        """The ``Proxy-Authorization`` header value, if the proxy has credentials."""
+        return basic_authorization(*self.auth) if self.auth else None
 
     @property
     def label(self) -> str:
@@ -46,7 +56,7 @@ def make_proxy(url: str, auth: tuple[str, str] | None = None) -> Proxy:
         host = f"[{host}]"
     netloc = f"{host}:{parts.port}" if parts.port else host
     clean = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-    return Proxy(url=clean, auth=aiohttp.BasicAuth(*auth) if auth else None)
+    return Proxy(url=clean, auth=auth)
 
 
 def bypasses_proxy(host: str, port: int | None, no_proxy: str) -> bool:
