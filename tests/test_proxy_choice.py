@@ -54,7 +54,7 @@ def test_failed_proxy_goes_last_until_its_cool_down_ends() -> None:
     order = [p.url for p in chooser.for_url("https://pypi.org/simple/") if p]
     assert order == ["http://b:3128", "http://a:3128"]  # still tried when all else fails
     chooser.succeeded(first)
-    assert [p.url for p in chooser.for_url("https://x/") if p][0] == "http://a:3128"
+    assert next(p.url for p in chooser.for_url("https://x/") if p) == "http://a:3128"
     assert second is not None
 
 

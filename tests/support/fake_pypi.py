@@ -2,25 +2,33 @@
 
 It plays the upstream index for pipgate's tests: PEP 503 HTML and PEP 691 JSON pages,
 PEP 658 ``.metadata`` files, single byte ranges, validators and the ways a real
-upstream misbehaves (down, 5xx, corrupt or truncated files, slow bodies, junk pages).
+upstream misbehaves (down, 5xx, corrupt or truncated files, slow bodies, junk pages,
+transient failures with Retry-After, connections reset mid-body, no Range support).
 It is written from the specs, independently of pipgate's own parser/renderer, so the
 two do not share bugs. Run it in the test's loop with `app()` or in a background
-thread with `start()` / ``with FakePyPI(...) as up:``.
+thread with `start()` / ``with FakePyPI(...) as up:``, over TLS with
+``start(ssl_context=PrivateCA().server_context())``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import html
 import json
+import socket
+import ssl
+import struct
+import sys
+import termios
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from aiohttp import web
 from packaging.utils import canonicalize_name
@@ -43,8 +51,10 @@ RECORDED_HEADERS = (
     "if-modified-since",
     "if-none-match",
     "if-range",
+    "proxy-authorization",
     "range",
     "user-agent",
+    "via",
 )
 #: Neither valid HTML nor JSON, but served under the page's normal content type.
 GARBAGE = b"\x00\xff\xfe<<<{{ this is not a simple repository page ]]>\x00"
@@ -60,6 +70,16 @@ class _Entry:
     upload_time: str
     #: Whether the page publishes the file's sha256 (private indexes may not).
     hashed: bool = True
+
+
+class Failure(NamedTuple):
+    """Answer the next `times` requests with `status` (and ``Retry-After``, if given);
+    `times` counts down as they are served. A plain ``(times, status, retry_after)``
+    tuple works as well."""
+
+    times: int
+    status: int = 503
+    retry_after: str | None = None
 
 
 class Unsatisfiable(Exception):
@@ -147,11 +167,29 @@ class FakePyPI:
         self.corrupt: set[str] = set()
         #: Served name -> bytes of body sent before the connection is closed.
         self.truncate: dict[str, int] = {}
+        #: Served name -> bytes of body (of each response: a 206 counts from its first
+        #: byte) sent before the connection is reset (RST, not FIN), with the full
+        #: Content-Length announced. Bytes are flushed to the client before the reset.
+        self.reset_after: dict[str, int] = {}
+        #: Served name -> how many more responses `reset_after` cuts (absent: every one).
+        #: Counts down on each reset, so ``1`` lets the resume request succeed.
+        self.reset_times: dict[str, int] = {}
+        #: Served names for which Range/If-Range are ignored: always 200 with the whole
+        #: file (an upstream or cache that cannot resume).
+        self.no_ranges: set[str] = set()
+        #: Project name (any spelling; "" for the /simple/ list) -> `Failure`: that many
+        #: page requests fail before the page is served normally (retry tests).
+        self.page_fail_times: dict[str, Failure | tuple[int, int, str | None]] = {}
+        #: Served name -> `Failure`, for file and ``.metadata`` requests.
+        self.file_fail_times: dict[str, Failure | tuple[int, int, str | None]] = {}
         #: Seconds to sleep between file chunks of `chunk_size` bytes.
         self.file_delay = 0.0
         self.chunk_size = 64 * 1024
-        #: Seconds to sleep before answering a page.
+        #: Seconds to sleep before answering a page: no status line or header is sent
+        #: meanwhile, so this is also the "slow headers" fault.
         self.page_delay = 0.0
+        #: Seconds to sleep before sending a file's status line and headers.
+        self.file_header_delay = 0.0
         #: Project names whose page is 200 junk under the normal content type.
         self.garbage_pages: set[str] = set()
         #: Extra headers on every page / file response (e.g. Cache-Control).
@@ -176,6 +214,7 @@ class FakePyPI:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._port: int | None = None
+        self._scheme = "http"
 
         for dist in dists:
             self.add(dist)
@@ -319,12 +358,26 @@ class FakePyPI:
             return wants_json(request.headers.get("Accept"))
         return self.page_format == "json"
 
-    async def _page_prelude(self, request: web.Request) -> web.StreamResponse | None:
+    async def _page_prelude(self, request: web.Request, name: str) -> web.StreamResponse | None:
         if self.page_delay:
             await asyncio.sleep(self.page_delay)
         if self.page_status is not None:
             return web.Response(status=self.page_status, text="fake upstream error\n")
-        return None
+        key = next((k for k in list(self.page_fail_times) if canonicalize_name(k) == name), None)
+        return None if key is None else self._take_failure(self.page_fail_times, key)
+
+    def _take_failure(
+        self, table: dict[str, Failure | tuple[int, int, str | None]], key: str
+    ) -> web.StreamResponse | None:
+        """Count one failure down; the error response, or None once they are used up."""
+        with self._lock:
+            failure = table.get(key)
+            if failure is None or failure[0] <= 0:
+                return None
+            failure = Failure(*failure)
+            table[key] = failure._replace(times=failure.times - 1)
+        headers = {} if failure.retry_after is None else {"Retry-After": failure.retry_after}
+        return web.Response(status=failure.status, headers=headers, text="fake upstream error\n")
 
     def _page_response(
         self, request: web.Request, body: bytes, as_json: bool, serial: int
@@ -345,7 +398,7 @@ class FakePyPI:
         return web.Response(body=body, headers=headers, content_type=HTML_TYPE, charset="utf-8")
 
     async def _root(self, request: web.Request) -> web.StreamResponse:
-        early = await self._page_prelude(request)
+        early = await self._page_prelude(request, "")
         if early is not None:
             return early
         as_json = self._choose_json(request)
@@ -376,11 +429,11 @@ class FakePyPI:
         return self._page_response(request, body, as_json, serial)
 
     async def _project(self, request: web.Request) -> web.StreamResponse:
-        early = await self._page_prelude(request)
-        if early is not None:
-            return early
         raw = request.match_info["name"]
         name = canonicalize_name(raw)
+        early = await self._page_prelude(request, name)
+        if early is not None:
+            return early
         if raw != name:
             raise web.HTTPMovedPermanently(f"/simple/{name}/")  # like PyPI
         with self._lock:
@@ -514,6 +567,11 @@ class FakePyPI:
             raise web.HTTPNotFound(text="404 Not Found\n")
         if self.file_status is not None:
             return web.Response(status=self.file_status, text="fake upstream error\n")
+        failed = self._take_failure(self.file_fail_times, served)
+        if failed is not None:
+            return failed
+        if self.file_header_delay:
+            await asyncio.sleep(self.file_header_delay)
 
         data = entry.dist.metadata if is_meta else entry.dist.data
         assert data is not None  # is_meta implies entry.metadata implies a wheel
@@ -533,7 +591,9 @@ class FakePyPI:
         }
         status, body = 200, data
         if_range = request.headers.get("If-Range")
-        if if_range is None or if_range in (etag, last_modified):
+        if served in self.no_ranges:
+            pass  # RFC 9110 §14.2: a server may ignore Range and send the whole file
+        elif if_range is None or if_range in (etag, last_modified):
             try:
                 selected = parse_range(request.headers.get("Range"), len(data))
             except Unsatisfiable:
@@ -549,12 +609,16 @@ class FakePyPI:
         await response.prepare(request)
         if request.method == "HEAD":
             return response
-        limit = self.truncate.get(served)
+        reset = self._reset_point(served, len(body))
+        limit = reset if reset is not None else self.truncate.get(served)
         to_send = body if limit is None else body[:limit]
         for offset in range(0, len(to_send), self.chunk_size):
             if offset and self.file_delay:
                 await asyncio.sleep(self.file_delay)
             await response.write(to_send[offset : offset + self.chunk_size])
+        if reset is not None and request.transport is not None:
+            await _reset_connection(request.transport)
+            return response
         if limit is not None and limit < len(body):
             # Content-Length promised more: closing now is a truncated download.
             if request.transport is not None:
@@ -562,6 +626,19 @@ class FakePyPI:
             return response
         await response.write_eof()
         return response
+
+    def _reset_point(self, served: str, size: int) -> int | None:
+        """Bytes to send before resetting this response, consuming one `reset_times`."""
+        with self._lock:
+            after = self.reset_after.get(served)
+            if after is None or after >= size:
+                return None  # the whole body fits: nothing to cut, no reset used up
+            left = self.reset_times.get(served)
+            if left is not None:
+                if left <= 0:
+                    return None
+                self.reset_times[served] = left - 1
+            return after
 
     # -- background-thread server ---------------------------------------------------
 
@@ -574,8 +651,9 @@ class FakePyPI:
 
     @property
     def url(self) -> str:
-        """Base URL of the thread server, e.g. ``http://127.0.0.1:40123``."""
-        return f"http://127.0.0.1:{self.port}"
+        """Base URL of the thread server, e.g. ``http://127.0.0.1:40123`` (``https://``
+        when started with an SSL context)."""
+        return f"{self._scheme}://127.0.0.1:{self.port}"
 
     @property
     def index_url(self) -> str:
@@ -587,8 +665,11 @@ class FakePyPI:
         """True while the thread server accepts connections."""
         return self._thread is not None
 
-    def start(self, port: int | None = None) -> str:
-        """Serve on 127.0.0.1 in a daemon thread (port 0 = any); return the base URL."""
+    def start(self, port: int | None = None, ssl_context: ssl.SSLContext | None = None) -> str:
+        """Serve on 127.0.0.1 in a daemon thread (port 0 = any); return the base URL.
+
+        With `ssl_context` it serves HTTPS only (file links on pages are https too).
+        """
         if self._thread is not None:
             raise RuntimeError("FakePyPI is already running")
         loop = asyncio.new_event_loop()
@@ -602,7 +683,9 @@ class FakePyPI:
             runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.01)
             try:
                 loop.run_until_complete(runner.setup())
-                site = web.TCPSite(runner, "127.0.0.1", port or 0, reuse_address=True)
+                site = web.TCPSite(
+                    runner, "127.0.0.1", port or 0, reuse_address=True, ssl_context=ssl_context
+                )
                 loop.run_until_complete(site.start())
                 self._port = runner.addresses[0][1]
             except BaseException as exc:
@@ -616,6 +699,12 @@ class FakePyPI:
                 loop.run_forever()
             finally:
                 loop.run_until_complete(runner.cleanup())
+                # Handlers still asleep (page_delay, file_delay…) were cancelled; let
+                # them unwind before closing, or they die "destroyed but pending".
+                pending = asyncio.all_tasks(loop)
+                for task in pending:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
                 loop.close()
 
         thread = threading.Thread(target=run, name="fake-pypi", daemon=True)
@@ -625,6 +714,7 @@ class FakePyPI:
             thread.join()
             raise failure[0]
         self._thread, self._loop = thread, loop
+        self._scheme = "http" if ssl_context is None else "https"
         return self.url
 
     def stop(self) -> None:
@@ -644,3 +734,38 @@ class FakePyPI:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+async def _reset_connection(transport: asyncio.Transport) -> None:
+    """Abort with a TCP RST once the bytes written so far have reached the peer.
+
+    A plain close sends FIN (a clean end: see `FakePyPI.truncate`); SO_LINGER 0 makes the
+    kernel send RST instead, as a dropped middlebox connection does. It would also
+    discard unsent data, so first wait (at most ~5 s) until asyncio's buffers
+    and the kernel's send queue are empty: the peer has acknowledged every byte.
+    """
+    # Under TLS the application transport writes through a raw socket transport.
+    layers = [transport, getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)]
+    sock = transport.get_extra_info("socket")
+    for _ in range(5000):  # polled: no event fires when the peer acknowledges data
+        if not _unsent(layers, sock):
+            break
+        await asyncio.sleep(0.001)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def _unsent(layers: list[Any], sock: Any) -> int:
+    """Bytes written but not yet acknowledged by the peer (asyncio buffers + kernel)."""
+    total = sum(
+        layer.get_write_buffer_size()
+        for layer in layers
+        if isinstance(layer, asyncio.WriteTransport) and not layer.is_closing()
+    )
+    outq = getattr(termios, "TIOCOUTQ", None)  # == SIOCOUTQ on Linux: unacknowledged bytes
+    if not total and sock is not None and sys.platform == "linux" and outq is not None:
+        with contextlib.suppress(OSError):
+            total = struct.unpack("i", fcntl.ioctl(sock.fileno(), outq, b"\0\0\0\0"))[0]
+    return total
