@@ -207,17 +207,16 @@ class UpstreamClient:
                     proxy_headers=proxy_headers,
                 )
             except (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError) as exc:
-                failure = UpstreamError(classify(exc), _describe(exc, url, proxy))
+                reason = classify(exc)
+                if reason is Reason.PROXY_AUTH and proxy is not None:
+                    failure = _proxy_auth_error(proxy)
+                else:
+                    failure = UpstreamError(reason, _describe(exc, url, proxy))
                 self._proxy_failed(proxy, failure)
                 continue
             if proxy is not None and resp.status == 407:
                 resp.release()
-                failure = UpstreamError(
-                    Reason.PROXY_AUTH,
-                    f"proxy authentication required by {proxy.label}: "
-                    "check the proxy credentials (upstream.proxy_auth_env/_file)",
-                    status=407,
-                )
+                failure = _proxy_auth_error(proxy)
                 self._proxy_failed(proxy, failure)
                 continue
             if proxy is not None:
@@ -433,6 +432,16 @@ class UpstreamClient:
                 self._consecutive_failures,
                 error.reason.value,
             )
+
+
+def _proxy_auth_error(proxy: Proxy) -> UpstreamError:
+    given = "rejected the credentials" if proxy.auth else "wants credentials"
+    return UpstreamError(
+        Reason.PROXY_AUTH,
+        f"proxy authentication required: {proxy.label} {given} "
+        "(set upstream.proxy_auth_env or upstream.proxy_auth_file)",
+        status=407,
+    )
 
 
 def _counts_against_health(error: UpstreamError) -> bool:
