@@ -117,3 +117,41 @@ def test_cli_exits_2_with_one_line_on_bad_value() -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "--port" in lines[0]
+
+
+def test_credentials_come_from_env_or_file_and_never_show_in_repr(tmp_path: Path) -> None:
+    secret_file = tmp_path / "proxy-secret"
+    secret_file.write_text("alice:s3cr3t\n")
+    path = write(
+        tmp_path,
+        f'[upstream]\nproxy = ["http://proxy.corp:3128"]\nproxy_auth_file = "{secret_file}"\n'
+        'username = "ci"\npassword_env = "INDEX_PASSWORD"\n',
+    )
+    config = load_config(config_file=path, env={"INDEX_PASSWORD": "hunter2"})
+    assert config.secrets.proxy_auth == ("alice", "s3cr3t")
+    assert config.secrets.basic_auth == ("ci", "hunter2")
+    assert "s3cr3t" not in repr(config) and "hunter2" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "needle"),
+    [
+        ('proxy_auth_env = "NOPE"', {}, "upstream.proxy_auth_env: environment variable NOPE"),
+        ('proxy_auth_file = "/nonexistent/x"', {}, "upstream.proxy_auth_file: cannot read"),
+        ('password_env = "P"', {"P": "x"}, "upstream.username: required"),
+        ('ca_bundle = "/nonexistent.pem"', {}, "upstream.ca_bundle: no such file"),
+        ('proxy = ["ftp://proxy"]', {}, "upstream.proxy"),
+        ('ca_bundle_mode = "replace"', {}, "upstream.ca_bundle_mode"),
+    ],
+)
+def test_bad_network_settings_name_the_key(
+    tmp_path: Path, toml: str, env: dict[str, str], needle: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(config_file=write(tmp_path, f"[upstream]\n{toml}\n"), env=env)
+    assert needle in str(caught.value)
+
+
+def test_proxy_environment_is_captured_once_in_either_case() -> None:
+    config = load_config(env={"HTTPS_PROXY": "http://p:1", "no_proxy": "corp"})
+    assert config.secrets.env_proxies == {"https_proxy": "http://p:1", "no_proxy": "corp"}

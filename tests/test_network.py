@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -383,3 +384,101 @@ def test_doctor_reports_a_proxy_that_is_not_listening(upstream: FakePyPI, tmp_pa
     assert result.returncode == 1
     assert "FAIL tcp proxy" in result.stdout
     assert "check upstream.proxy" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("fault", "failed_step", "hint"),
+    [
+        ("page_503", "index page alpha", "try again later"),
+        ("garbage", "index page alpha", "captive portal"),
+        ("slow", "index page alpha", "timeouts"),
+        ("corrupt", "file download", "alters files"),
+        ("truncated", "file download", "see the detail"),
+    ],
+)
+def test_doctor_names_the_failing_step_for_each_upstream_fault(
+    upstream: FakePyPI, tmp_path: Path, fault: str, failed_step: str, hint: str
+) -> None:
+    smallest = min(
+        (d for d in sample_tree() if d.project == "alpha"), key=lambda d: d.size
+    ).filename
+    if fault == "page_503":
+        upstream.page_status = 503
+    elif fault == "garbage":
+        upstream.garbage_pages.add("alpha")
+    elif fault == "slow":
+        upstream.page_delay = 3.0
+    elif fault == "corrupt":
+        upstream.corrupt.add(smallest)
+    else:
+        upstream.truncate[smallest] = 100
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipgate",
+            "doctor",
+            "--upstream",
+            upstream.index_url,
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--project",
+            "alpha",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={
+            **os.environ,
+            "PIPGATE_PAGE_TIMEOUT": "1",
+            "PIPGATE_READ_TIMEOUT": "1",
+            "PIPGATE_RETRIES": "0",
+        },
+    )
+    assert result.returncode == 1, result.stdout
+    steps = json.loads(result.stdout)["steps"]
+    failed = [s for s in steps if not s["ok"]]
+    assert [s["name"] for s in failed] == [failed_step]
+    assert hint in failed[0]["hint"]
+
+
+async def test_private_index_credentials_go_to_its_origin_only(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    index = FakePyPI.with_sample_tree(page_format="json")
+    files = FakePyPI.with_sample_tree(page_format="json")  # a separate "CDN" origin
+    index.start()
+    files.start()
+    index.files_url = files.url
+    try:
+        gate = await gate_for(aiohttp_client, index, tmp_path, secrets=Secrets(token="t0ken-Value"))
+        assert await install_alpha(gate) == ALPHA.data
+        page_auth = index.headers_for("/simple/alpha/")[0].get("authorization")
+        assert page_auth == "Bearer t0ken-Value"
+        assert all("authorization" not in h for _, _, h in files.requests)
+        basic = await gate_for(
+            aiohttp_client,
+            index,
+            tmp_path / "basic",
+            secrets=Secrets(basic_auth=("ci", "pa55")),
+        )
+        await (await basic.get("/simple/beta/")).read()
+        assert index.headers_for("/simple/beta/")[0]["authorization"].startswith("Basic ")
+    finally:
+        index.stop()
+        files.stop()
+
+
+async def test_a_down_upstream_is_probed_again_after_its_cool_down(
+    aiohttp_client: Any, upstream: FakePyPI, tmp_path: Path
+) -> None:
+    gate = await gate_for(aiohttp_client, upstream, tmp_path, down_after=1, down_cooldown=0.2)
+    upstream.page_status = 503
+    assert (await gate.get("/simple/alpha/")).status == 503
+    assert (await gate.get("/readyz")).status == 503
+    upstream.page_status = None
+    await asyncio.sleep(0.3)  # the cool-down itself is what is being tested
+    assert (await gate.get("/simple/alpha/")).status == 200
+    assert (await gate.get("/readyz")).status == 200

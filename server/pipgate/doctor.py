@@ -96,6 +96,12 @@ async def run_doctor(config: Config, *, project: str = "pip") -> list[Step]:
         steps.append(await _check_dns(proxy_host, proxy_port, f"proxy {proxy.label}"))
         if not steps[-1].ok:
             return steps
+        upstream_dns = await _check_dns(host, port, "upstream")
+        if not upstream_dns.ok:
+            # Behind a proxy that is normal: the proxy resolves external names.
+            upstream_dns = Step("dns upstream", True,
+                                f"{host} does not resolve here; the proxy resolves it")
+        steps.append(upstream_dns)
         steps.append(await asyncio.to_thread(_check_tcp, proxy_host, proxy_port, "proxy"))
         if not steps[-1].ok:
             return steps
