@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
 from pipgate.config import Config
+from pipgate.failures import FailureLog
 from pipgate.file_service import FileService
 from pipgate.index_service import IndexService
 from pipgate.metrics import Metrics
@@ -28,24 +30,28 @@ from pipgate.web.state import SERVICES, Services
 log = logging.getLogger("pipgate")
 
 
-def create_app(config: Config, *, reconcile_cache: bool = True) -> web.Application:
+def create_app(
+    config: Config, *, reconcile_cache: bool = True, multiprocess_dir: Path | None = None
+) -> web.Application:
     """The pipgate application for ``config`` (services start with the app).
 
-    ``reconcile_cache=False`` for worker processes: the supervisor reconciled the
-    cache once before starting them.
+    Worker processes pass ``reconcile_cache=False`` (the supervisor reconciled the cache
+    once before starting them) and the shared ``multiprocess_dir`` of the metrics.
     """
     app = web.Application(middlewares=[middleware.count, middleware.errors])
     add_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        metrics = Metrics()
+        metrics = Metrics(multiprocess_dir)
+        metrics.cache_max_size.set(config.max_size)
         blobs = BlobStore(config.cache_dir)
         if reconcile_cache:
             await asyncio.to_thread(reconcile, config.cache_dir)
         else:
             await asyncio.to_thread(blobs.ensure_dirs)
         index = Index(config.cache_dir)
-        client = UpstreamClient(config, metrics)
+        failures = FailureLog(config.cache_dir)
+        client = UpstreamClient(config, metrics, failures)
         await client.start()
         downloads = DownloadManager(blobs, client, metrics)
         evictor = Evictor(index, blobs, config.max_size, metrics)
@@ -64,6 +70,7 @@ def create_app(config: Config, *, reconcile_cache: bool = True) -> web.Applicati
             blobs=blobs,
             renderer=PageRenderer(),
             evictor=evictor,
+            failures=failures,
         )
         try:
             yield
@@ -76,6 +83,7 @@ def create_app(config: Config, *, reconcile_cache: bool = True) -> web.Applicati
             await root.close()
             await client.close()
             index.close()
+            failures.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app
@@ -88,6 +96,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/healthz", ops.healthz, name="healthz")
     r.add_get("/readyz", ops.readyz, name="readyz")
     r.add_get("/metrics", ops.metrics, name="metrics")
+    r.add_get("/-/failures", ops.failures, name="failures")
     r.add_get("/simple", pages.simple_no_slash, name="simple_redirect")
     r.add_get("/simple/", pages.root, name="simple_root")
     r.add_get("/simple/{project}/", pages.project, name="simple_project")

@@ -110,7 +110,7 @@ class FileService:
             await self._record(project, filename, key, committed)
 
         download, started = self._downloads.get_or_start(
-            key, dist.url, expected, dist.size, on_commit
+            key, dist.url, expected, dist.size, on_commit, project=project, filename=filename
         )
         if started:
             log.info("download %s/%s from %s", project, filename, self._client.name)
@@ -136,7 +136,9 @@ class FileService:
             filename=dist.filename,
             sha256=dist.sha256,
             size=dist.size,
-            stream=self._downloads.pass_through(dist.url, _verifiable(dist), dist.size),
+            stream=self._downloads.pass_through(
+                dist.url, _verifiable(dist), dist.size, project=project, filename=dist.filename
+            ),
             cached=False,
             ranges=False,
         )
@@ -166,17 +168,18 @@ class FileService:
         try:
             body = await self._client.fetch_small(dist.url + METADATA_SUFFIX)
         except UpstreamError as exc:
-            self._metrics.failure(self._client.name, exc.reason)
+            self._client.report_failure(exc, project=project, file=filename + METADATA_SUFFIX)
             raise
         if body is None:
             raise FileNotFound(f"upstream has no metadata for {filename}")
+        self._metrics.bytes_fetched.labels(upstream=self._client.name).inc(len(body))
         expected = {"sha256": dist.metadata_sha256} if dist.metadata_sha256 else {}
         try:
             committed = await asyncio.to_thread(self._blobs.put_bytes, body, expected)
         except IntegrityError as exc:
-            self._metrics.failure(self._client.name, Reason(exc.kind))
-            log.warning("metadata %s/%s failed verification: %s", project, filename, exc)
-            raise UpstreamError(Reason(exc.kind), f"metadata of {filename}: {exc}") from exc
+            error = UpstreamError(Reason(exc.kind), f"metadata of {filename}: {exc}")
+            self._client.report_failure(error, project=project, file=filename + METADATA_SUFFIX)
+            raise error from exc
         await self._record(project, filename + METADATA_SUFFIX, f"meta:{key}", committed)
         return Served(
             filename + METADATA_SUFFIX,

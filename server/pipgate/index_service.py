@@ -121,13 +121,7 @@ class IndexService:
             )
             return await self._store(name, record, fetched)
         except UpstreamError as exc:
-            self._metrics.failure(self._client.name, exc.reason)
-            log.warning(
-                "index page %s: upstream failed: %s (%s)",
-                name,
-                exc.reason.value,
-                exc.detail,
-            )
+            self._client.report_failure(exc, project=name)
             if record is not None and record.age() <= self._config.max_stale:
                 view = await self._view(name, record, "stale")
                 if view is not None:

@@ -1,39 +1,65 @@
 """Every Prometheus metric pipgate exports, in one place.
 
 Label values are bounded: upstream names, closed reason sets, route templates. Never a
-project or file name (those go to logs). Each :class:`Metrics` owns its registry so that
-several apps (tests) can live in one process.
+project or file name (those go to logs and ``/-/failures``). Each :class:`Metrics` owns
+its registry so that several apps (tests) can live in one process.
+
+With ``--workers N`` the values live in prometheus-client's multiprocess files
+(``PROMETHEUS_MULTIPROC_DIR``), and a scrape of any worker shows the sum over all of
+them; gauges say how workers combine (``livesum``, ``max``, ``mostrecent``).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from pipgate import __version__
 from pipgate.errors import Reason
 
 CACHE_KINDS = ("index", "file", "metadata")
 CACHE_RESULTS = ("hit", "miss", "stale", "revalidated", "bypass")
+UPSTREAM_KINDS = ("page", "root", "metadata", "file")
+#: Route templates of the web layer (``route`` label values).
+ROUTES = (
+    "landing",
+    "healthz",
+    "readyz",
+    "metrics",
+    "failures",
+    "simple_root",
+    "simple_project",
+    "simple_redirect",
+    "simple_redirect_project",
+    "simple_other",
+    "file",
+    "other",
+)
+#: Request latency buckets: index pages in milliseconds, big files in minutes.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class Metrics:
-    """The metric objects of one pipgate app."""
+    """The metric objects of one pipgate app (or of one worker)."""
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
         self.registry = CollectorRegistry()
+        self._multiprocess_dir = multiprocess_dir
         r = self.registry
         self.download_failures = Counter(
             "pipgate_download_failures",
-            "Failed upstream fetches by cause (closed set, see docs).",
+            "Failed upstream fetches by cause (closed set: see README).",
             ["upstream", "reason"],
             registry=r,
         )
         self.cache_requests = Counter(
             "pipgate_cache_requests",
-            "Cache lookups by kind and result.",
+            "Cache look-ups by kind (index, file, metadata) and result.",
             ["kind", "result"],
             registry=r,
         )
@@ -43,22 +69,62 @@ class Metrics:
             ["route", "method", "status"],
             registry=r,
         )
+        self.http_duration = Histogram(
+            "pipgate_http_request_duration_seconds",
+            "Time to answer a request (until the last byte was handed to the client).",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_requests = Counter(
+            "pipgate_upstream_requests",
+            "Requests to upstream by kind and outcome (ok, not_modified, not_found, or a "
+            "failure reason).",
+            ["upstream", "kind", "outcome"],
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "pipgate_upstream_request_duration_seconds",
+            "Time until upstream's response headers arrived.",
+            ["upstream", "kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.bytes_served = Counter(
             "pipgate_bytes_served",
-            "File bytes sent to clients, by where they came from.",
+            "File bytes sent to clients, by where they came from (cache or upstream).",
             ["source"],
+            registry=r,
+        )
+        self.bytes_fetched = Counter(
+            "pipgate_bytes_fetched",
+            "File bytes received from upstream.",
+            ["upstream"],
             registry=r,
         )
         self.inflight_downloads = Gauge(
             "pipgate_inflight_downloads",
             "Upstream file downloads in progress.",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.cache_size = Gauge(
-            "pipgate_cache_size_bytes", "Bytes of verified files in the cache.", registry=r
+            "pipgate_cache_size_bytes",
+            "Bytes of verified files in the cache.",
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.cache_max_size = Gauge(
+            "pipgate_cache_max_size_bytes",
+            "cache.max_size (0 = unlimited).",
+            registry=r,
+            multiprocess_mode="max",
         )
         self.cache_files = Gauge(
-            "pipgate_cache_files", "Number of files in the cache.", registry=r
+            "pipgate_cache_files",
+            "Number of files in the cache.",
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.cache_evictions = Counter(
             "pipgate_cache_evictions",
@@ -82,24 +148,54 @@ class Metrics:
             "1 while the upstream answers, 0 while it is marked down.",
             ["upstream"],
             registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.proxy_up = Gauge(
             "pipgate_proxy_up",
             "1 while the proxy works, 0 during its cool-down after a failure.",
             ["proxy"],
             registry=r,
+            multiprocess_mode="mostrecent",
         )
-        self.build_info = Gauge("pipgate_build_info", "pipgate version.", ["version"], registry=r)
+        self.build_info = Gauge(
+            "pipgate_build_info",
+            "pipgate version.",
+            ["version"],
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.build_info.labels(version=__version__).set(1)
+
+    def initialise(self, upstream: str) -> None:
+        """Create every bounded label combination at zero, so dashboards and alerts see
+        each series (a counter that never fired would otherwise be absent)."""
+        for reason in Reason:
+            self.download_failures.labels(upstream=upstream, reason=reason.value)
+        for kind in CACHE_KINDS:
+            for result in CACHE_RESULTS:
+                self.cache_requests.labels(kind=kind, result=result)
+        for source in ("cache", "upstream"):
+            self.bytes_served.labels(source=source)
+        self.bytes_fetched.labels(upstream=upstream)
+        self.download_resumes.labels(upstream=upstream)
+        for result in ("ok", "corrupt", "unverified", "error"):
+            self.integrity_checks.labels(result=result)
+        for kind in UPSTREAM_KINDS:
+            self.upstream_duration.labels(upstream=upstream, kind=kind)
+            self.upstream_requests.labels(upstream=upstream, kind=kind, outcome="ok")
 
     def failure(self, upstream: str, reason: Reason) -> None:
         """Count one failed upstream fetch."""
         self.download_failures.labels(upstream=upstream, reason=reason.value).inc()
 
     def cache(self, kind: str, result: str) -> None:
-        """Count one cache lookup (``kind`` in CACHE_KINDS, ``result`` in CACHE_RESULTS)."""
+        """Count one cache look-up (``kind`` in CACHE_KINDS, ``result`` in CACHE_RESULTS)."""
         self.cache_requests.labels(kind=kind, result=result).inc()
 
     def render(self) -> bytes:
-        """The text exposition of every metric."""
+        """The text exposition: this worker's, or the sum over all workers."""
+        if self._multiprocess_dir is not None:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=str(self._multiprocess_dir))
+            return generate_latest(registry)
         return generate_latest(self.registry)

@@ -131,8 +131,7 @@ class RootListService:
                     last_modified=old.last_modified if old else None,
                 )
             except UpstreamError as exc:
-                self._metrics.failure(self._client.name, exc.reason)
-                log.warning("project list: upstream failed: %s (%s)", exc.reason, exc.detail)
+                self._client.report_failure(exc, file="/simple/ (project list)")
                 raise
             now = time.time()
             if fetched.status == 304 and old is not None and self._files_exist(old):

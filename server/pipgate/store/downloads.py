@@ -94,9 +94,14 @@ class Download:
         metrics: Metrics,
         on_commit: OnCommit,
         on_unavailable: Callable[[Reason], None],
+        project: str | None = None,
+        filename: str | None = None,
     ) -> None:
         self.key = key
         self.url = url
+        #: For failure reports (``/-/failures``); never metric labels.
+        self.project = project
+        self.filename = filename
         self._expected = dict(expected)
         self._expected_size = expected_size
         self._store = store
@@ -315,7 +320,9 @@ class Download:
     ) -> None:
         """Append the response body to the temp file, dropping its first ``skip`` bytes
         (an upstream that ignored our Range resends the whole file)."""
+        fetched = self._metrics.bytes_fetched.labels(upstream=self._client.name)
         async for chunk in resp.content.iter_chunked(CHUNK):
+            fetched.inc(len(chunk))
             if skip:
                 if len(chunk) <= skip:
                     skip -= len(chunk)
@@ -411,13 +418,9 @@ class Download:
         self.state = State.FAILED
         self.error = error
         if count:
-            self._metrics.failure(self._client.name, error.reason)
-        log.warning(
-            "download failed: %s reason=%s detail=%s",
-            redact_url(self.url),
-            error.reason.value,
-            error.detail,
-        )
+            self._client.report_failure(error, project=self.project, file=self.filename)
+        else:
+            log.info("download of %s ended: %s", redact_url(self.url), error.detail)
 
     def _notify(self) -> None:
         event, self._progress = self._progress, asyncio.Event()
@@ -435,9 +438,13 @@ class PassThrough:
         size: int | None,
         client: UpstreamClient,
         metrics: Metrics,
+        project: str | None = None,
+        filename: str | None = None,
     ) -> None:
         self.url = url
         self.size = size
+        self.project = project
+        self.filename = filename
         self._expected = {k.lower(): v.lower() for k, v in expected.items()}
         self._client = client
         self._metrics = metrics
@@ -450,7 +457,9 @@ class PassThrough:
         received = 0
         try:
             async with self._client.open_file(self.url) as resp:
+                fetched = self._metrics.bytes_fetched.labels(upstream=self._client.name)
                 async for chunk in resp.content.iter_chunked(CHUNK):
+                    fetched.inc(len(chunk))
                     if digest is not None:
                         digest.update(chunk)
                     received += len(chunk)
@@ -458,14 +467,16 @@ class PassThrough:
                         yield pending
                     pending = chunk
         except UpstreamError as exc:
-            self._metrics.failure(self._client.name, exc.reason)
+            self._client.report_failure(exc, project=self.project, file=self.filename)
             raise
+        error = None
         if self.size is not None and received != self.size:
-            self._metrics.failure(self._client.name, Reason.TRUNCATED)
-            raise UpstreamError(Reason.TRUNCATED, f"got {received} of {self.size} bytes")
-        if digest is not None and name is not None and digest.hexdigest() != self._expected[name]:
-            self._metrics.failure(self._client.name, Reason.HASH_MISMATCH)
-            raise UpstreamError(Reason.HASH_MISMATCH, f"{name} differs from the published one")
+            error = UpstreamError(Reason.TRUNCATED, f"got {received} of {self.size} bytes")
+        elif digest is not None and name is not None and digest.hexdigest() != self._expected[name]:
+            error = UpstreamError(Reason.HASH_MISMATCH, f"{name} differs from the published one")
+        if error is not None:
+            self._client.report_failure(error, project=self.project, file=self.filename)
+            raise error
         if pending:
             yield pending
 
@@ -538,6 +549,9 @@ class DownloadManager:
         expected: Mapping[str, str],
         expected_size: int | None,
         on_commit: OnCommit,
+        *,
+        project: str | None = None,
+        filename: str | None = None,
     ) -> tuple[Download, bool]:
         """The running download of ``key``, or a new one; the flag says if it is new."""
         current = self._active.get(key)
@@ -553,6 +567,8 @@ class DownloadManager:
             metrics=self._metrics,
             on_commit=on_commit,
             on_unavailable=self._mark_unavailable,
+            project=project,
+            filename=filename,
         )
         self._active[key] = download
         task = asyncio.create_task(self._run(download), name=f"download:{key}")
@@ -561,11 +577,23 @@ class DownloadManager:
         return download, True
 
     def pass_through(
-        self, url: str, expected: Mapping[str, str], size: int | None
+        self,
+        url: str,
+        expected: Mapping[str, str],
+        size: int | None,
+        *,
+        project: str | None = None,
+        filename: str | None = None,
     ) -> PassThrough:
         """A not-cached, verified stream for one client (the cache is unavailable)."""
         return PassThrough(
-            url=url, expected=expected, size=size, client=self._client, metrics=self._metrics
+            url=url,
+            expected=expected,
+            size=size,
+            client=self._client,
+            metrics=self._metrics,
+            project=project,
+            filename=filename,
         )
 
     def active(self, key: str) -> Download | None:

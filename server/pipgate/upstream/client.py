@@ -29,6 +29,7 @@ import aiohttp
 
 from pipgate.config import Config
 from pipgate.errors import Reason, UpstreamError, classify, reason_for_status
+from pipgate.failures import Failure, FailureLog
 from pipgate.metrics import Metrics
 from pipgate.redact import redact_url, upstream_label
 from pipgate.upstream.proxy import Proxy, ProxyChooser, basic_authorization
@@ -97,7 +98,9 @@ def build_ssl_context(config: Config) -> ssl.SSLContext:
 class UpstreamClient:
     """One upstream simple index reached over one aiohttp session."""
 
-    def __init__(self, config: Config, metrics: Metrics) -> None:
+    def __init__(
+        self, config: Config, metrics: Metrics, failures: FailureLog | None = None
+    ) -> None:
         self.index_url = config.upstream
         self.name = upstream_label(config.upstream)
         self._config = config
@@ -123,6 +126,9 @@ class UpstreamClient:
         self._down_until = 0.0
         #: The last failure, for ``/readyz`` (reason and a credential-free detail).
         self.last_error: UpstreamError | None = None
+        self._failures = failures
+        self._records: set[asyncio.Task[None]] = set()
+        metrics.initialise(self.name)
 
     async def start(self) -> None:
         """Open the session (inside the running loop)."""
@@ -228,6 +234,48 @@ class UpstreamClient:
             return
         assert failure is not None
         raise failure
+
+    def report_failure(
+        self, error: UpstreamError, *, project: str | None = None, file: str | None = None
+    ) -> None:
+        """Count a failed fetch, log one event line, and keep it for ``/-/failures``.
+
+        The one place where a failure's closed-set reason reaches the metric, the log
+        and the failure list together.
+        """
+        self._metrics.failure(self.name, error.reason)
+        proxies = self.proxies.for_url(self.index_url)
+        proxy = proxies[0].label if proxies and proxies[0] is not None else None
+        log.warning(
+            "fetch failed: reason=%s upstream=%s proxy=%s project=%s file=%s detail=%s",
+            error.reason.value,
+            self.name,
+            proxy or "-",
+            project or "-",
+            file or "-",
+            error.detail,
+            extra={
+                "event": "fetch_failed",
+                "reason": error.reason.value,
+                "upstream": self.name,
+                "proxy": proxy,
+                "project": project,
+                "file": file,
+            },
+        )
+        if self._failures is not None:
+            record = Failure(
+                time=time.time(),
+                reason=error.reason.value,
+                detail=error.detail,
+                upstream=self.name,
+                project=project,
+                file=file,
+                proxy=proxy,
+            )
+            task = asyncio.get_running_loop().create_task(self._failures.record(record))
+            self._records.add(task)
+            task.add_done_callback(self._records.discard)
 
     def _proxy_failed(self, proxy: Proxy | None, error: UpstreamError) -> None:
         if proxy is None:

@@ -60,6 +60,17 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": svc.metrics.content_type})
 
 
+async def failures(request: web.Request) -> web.Response:
+    """``/-/failures``: the recent failed fetches, newest first (bounded list, JSON)."""
+    svc = services(request)
+    try:
+        limit = max(1, min(200, int(request.query.get("limit", "50"))))
+    except ValueError:
+        limit = 50
+    recent = await svc.failures.recent(limit)
+    return web.json_response({"failures": [f.to_json() for f in recent]})
+
+
 async def landing(request: web.Request) -> web.Response:
     """A short page for people who open pipgate in a browser."""
     svc = services(request)

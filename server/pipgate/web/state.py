@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from pipgate.config import Config
+from pipgate.failures import FailureLog
 from pipgate.file_service import FileService
 from pipgate.index_service import IndexService
 from pipgate.metrics import Metrics
@@ -30,6 +31,7 @@ class Services:
     blobs: BlobStore
     renderer: PageRenderer
     evictor: Evictor
+    failures: FailureLog
 
 
 SERVICES = web.AppKey("services", Services)
