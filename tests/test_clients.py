@@ -93,5 +93,5 @@ def test_uv_reads_wheel_metadata_with_head_and_ranges_when_no_pep658_file(
     finally:
         gate.stop()
     log = gate.log()
-    assert f'"HEAD /files/lazywheel/{lazy.sha256}/{lazy.filename} HTTP/1.1" 200' in log
-    assert re.search(rf'"GET /files/lazywheel/{lazy.sha256}/\S+ HTTP/1.1" 206', log)
+    assert f'"HEAD /files/lazywheel/{lazy.sha256}/{lazy.filename}" 200' in log
+    assert re.search(rf'"GET /files/lazywheel/{lazy.sha256}/\S+" 206', log)

@@ -62,7 +62,7 @@ def test_two_workers_download_each_file_once_for_all_clients(
     log = gate.log()  # read after stopping: access lines are written after the body
     assert results == [slow_big.sha256] * 16
     assert upstream.downloads(slow_big.filename) == 1
-    serving_pids = set(re.findall(r'"GET /files/\S+ HTTP/1.1" 200 \d+ \S+ pid=<(\d+)>', log))
+    serving_pids = set(re.findall(r'"GET /files/\S+" 200 \S+ pid=(\d+)', log))
     assert len(serving_pids) == 2, "both workers should have answered file requests"
 
 

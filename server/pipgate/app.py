@@ -38,7 +38,8 @@ def create_app(
     Worker processes pass ``reconcile_cache=False`` (the supervisor reconciled the cache
     once before starting them) and the shared ``multiprocess_dir`` of the metrics.
     """
-    app = web.Application(middlewares=[middleware.count, middleware.errors])
+    app = web.Application(middlewares=[middleware.observe, middleware.errors])
+    app.on_response_prepare.append(middleware.add_request_id)
     add_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

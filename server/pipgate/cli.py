@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from pipgate import __version__
+from pipgate import __version__, logs
 from pipgate.app import create_app
 from pipgate.config import SETTINGS, Config, ConfigError, load_config
 from pipgate.doctor import report, run_doctor, succeeded
@@ -127,10 +127,7 @@ def verify(config: Config, *, repair: bool, as_json: bool) -> int:
 
 def serve(config: Config) -> int:
     """Run the server until interrupted."""
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.setup(config.log_level, config.log_format)
     try:
         config.cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -153,7 +150,7 @@ def serve(config: Config) -> int:
             host=config.host,
             port=config.port,
             print=None,
-            access_log_format='%a "%r" %s %b %Tfs pid=%P',
+            access_log=None,
         )
     except OSError as exc:
         print(f"pipgate: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)

@@ -144,6 +144,14 @@ def parse_host(raw: Any) -> str:
     return text
 
 
+def parse_log_format(raw: Any) -> str:
+    """``json`` (containers, log pipelines) or ``text``."""
+    text = str(raw).strip().lower()
+    if text not in ("json", "text"):
+        raise ValueError(f"expected json or text, got {raw!r}")
+    return text
+
+
 def parse_log_level(raw: Any) -> str:
     """One of debug, info, warning, error."""
     text = str(raw).strip().lower()
@@ -241,6 +249,15 @@ SETTINGS: tuple[Setting, ...] = (
         "build absolute file links from X-Forwarded-Proto/Host (behind a reverse proxy)",
     ),
     Setting("log_level", "server", "log_level", parse_log_level, "debug|info|warning|error"),
+    Setting(
+        "log_format",
+        "server",
+        "log_format",
+        parse_log_format,
+        "json (one object per line) or text",
+        flag=True,
+        metavar="FORMAT",
+    ),
     Setting(
         "workers",
         "server",
@@ -483,6 +500,7 @@ class Config:
     public_url: str | None = None
     trust_forwarded: bool = False
     log_level: str = "info"
+    log_format: str = "text"
     workers: int = 1
     cache_dir: Path = field(default_factory=default_cache_dir)
     index_ttl: float = 600.0

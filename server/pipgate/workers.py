@@ -14,12 +14,16 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.process
+import os
+import shutil
 import signal
 import socket
 import time
+from pathlib import Path
 from types import FrameType
 
 from aiohttp import web
+from prometheus_client import multiprocess, values
 
 from pipgate.app import create_app
 from pipgate.config import Config
@@ -46,15 +50,18 @@ def bind(host: str, port: int, *, listen: bool) -> socket.socket:
     return sock
 
 
-def _worker_main(config: Config, port: int, number: int) -> None:
+def _worker_main(config: Config, port: int, number: int, metrics_dir: Path) -> None:
     """Body of one worker process."""
+    # prometheus-client picks its value storage when the module is imported; the
+    # supervisor imported it before PROMETHEUS_MULTIPROC_DIR was set, so choose again.
+    values.ValueClass = values.get_value_class()
     sock = bind(config.host, port, listen=True)
     logging.getLogger("pipgate").info("worker %d started", number)
     web.run_app(
-        create_app(config, reconcile_cache=False),
+        create_app(config, reconcile_cache=False, multiprocess_dir=metrics_dir),
         sock=sock,
         print=None,
-        access_log_format='%a "%r" %s %b %Tfs pid=%P',
+        access_log=None,
     )
 
 
@@ -64,13 +71,18 @@ def serve_workers(config: Config) -> int:
     reservation = bind(config.host, config.port, listen=False)
     port = reservation.getsockname()[1]
     reconcile(config.cache_dir)
+    metrics_dir = _fresh_metrics_dir(config.cache_dir)
+    # Inherited by the workers: their metrics go to files one scrape sums up.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     context = multiprocessing.get_context("fork")
     workers: dict[int, multiprocessing.process.BaseProcess] = {}
     stopping = False
 
     def start(number: int) -> None:
         proc = context.Process(
-            target=_worker_main, args=(config, port, number), name=f"pipgate-worker-{number}"
+            target=_worker_main,
+            args=(config, port, number, metrics_dir),
+            name=f"pipgate-worker-{number}",
         )
         proc.start()
         workers[number] = proc
@@ -89,6 +101,8 @@ def serve_workers(config: Config) -> int:
             for number, proc in list(workers.items()):
                 if not proc.is_alive() and not stopping:
                     log.error("worker %d exited with %s; restarting", number, proc.exitcode)
+                    if proc.pid is not None:
+                        multiprocess.mark_process_dead(proc.pid, str(metrics_dir))
                     time.sleep(RESTART_DELAY)
                     start(number)
             time.sleep(0.2)
@@ -104,3 +118,12 @@ def serve_workers(config: Config) -> int:
                 proc.join()
         reservation.close()
     return 0
+
+
+def _fresh_metrics_dir(cache_dir: Path) -> Path:
+    """An empty directory for this run's multiprocess metric files."""
+    directory = cache_dir / "metrics"
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    return directory

@@ -30,6 +30,7 @@ import aiohttp
 from pipgate.config import Config
 from pipgate.errors import Reason, UpstreamError, classify, reason_for_status
 from pipgate.failures import Failure, FailureLog
+from pipgate.logs import request_id
 from pipgate.metrics import Metrics
 from pipgate.redact import redact_url, upstream_label
 from pipgate.upstream.proxy import Proxy, ProxyChooser, basic_authorization
@@ -182,11 +183,13 @@ class UpstreamClient:
         self,
         url: str,
         *,
+        kind: str,
         headers: dict[str, str],
         timeouts: aiohttp.ClientTimeout,
         auto_decompress: bool = True,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """GET ``url`` through the first proxy that works (or directly)."""
+        """GET ``url`` through the first proxy that works (or directly); every attempt is
+        timed, counted by outcome and logged as one event line."""
         headers = dict(headers)
         if _origin(url) == self._origin:
             # Credentials go to the index's own origin only, never to a files CDN.
@@ -203,6 +206,7 @@ class UpstreamClient:
                     proxy_headers = {"Proxy-Authorization": proxy.authorization}
                 else:
                     request_headers = {**headers, "Proxy-Authorization": proxy.authorization}
+            started = time.monotonic()
             try:
                 resp = await self.session.get(
                     url,
@@ -212,7 +216,12 @@ class UpstreamClient:
                     proxy=proxy.url if proxy else None,
                     proxy_headers=proxy_headers,
                 )
-            except (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError) as exc:
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                self._observe(kind, url, proxy, started, classify(exc).value)
+                if not isinstance(
+                    exc, (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError)
+                ):
+                    raise
                 reason = classify(exc)
                 if reason is Reason.PROXY_AUTH and proxy is not None:
                     failure = _proxy_auth_error(proxy)
@@ -220,6 +229,7 @@ class UpstreamClient:
                     failure = UpstreamError(reason, _describe(exc, url, proxy))
                 self._proxy_failed(proxy, failure)
                 continue
+            self._observe(kind, url, proxy, started, _outcome(resp.status), resp.status)
             if proxy is not None and resp.status == 407:
                 resp.release()
                 failure = _proxy_auth_error(proxy)
@@ -277,6 +287,41 @@ class UpstreamClient:
             self._records.add(task)
             task.add_done_callback(self._records.discard)
 
+    def _observe(
+        self,
+        kind: str,
+        url: str,
+        proxy: Proxy | None,
+        started: float,
+        outcome: str,
+        status: int | None = None,
+    ) -> None:
+        """Count and time one request to upstream, and log its event line."""
+        elapsed = time.monotonic() - started
+        self._metrics.upstream_requests.labels(
+            upstream=self.name, kind=kind, outcome=outcome
+        ).inc()
+        self._metrics.upstream_duration.labels(upstream=self.name, kind=kind).observe(elapsed)
+        log.info(
+            "upstream %s %s -> %s in %.3fs%s",
+            kind,
+            redact_url(url),
+            status if status is not None else outcome,
+            elapsed,
+            f" via {proxy.label}" if proxy else "",
+            extra={
+                "event": "upstream_fetch",
+                "kind": kind,
+                "url": redact_url(url),
+                "status": status,
+                "outcome": outcome,
+                "duration": round(elapsed, 6),
+                "upstream": self.name,
+                "proxy": proxy.label if proxy else None,
+                "request_id": request_id.get(),
+            },
+        )
+
     def _proxy_failed(self, proxy: Proxy | None, error: UpstreamError) -> None:
         if proxy is None:
             return
@@ -309,7 +354,9 @@ class UpstreamClient:
         headers = _conditional({"Accept": accept}, etag, last_modified)
 
         async def attempt() -> PageFetch:
-            async with self._get(url, headers=headers, timeouts=self._page_timeout) as resp:
+            async with self._get(
+                url, kind="page", headers=headers, timeouts=self._page_timeout
+            ) as resp:
                 if resp.status in (404, 410):
                     return PageFetch(status=404, url=str(resp.url))
                 if resp.status == 304:
@@ -345,7 +392,9 @@ class UpstreamClient:
         headers = _conditional({"Accept": accept}, etag, last_modified)
 
         async def attempt() -> PageFetch:
-            async with self._get(url, headers=headers, timeouts=self._file_timeout) as resp:
+            async with self._get(
+                url, kind="root", headers=headers, timeouts=self._file_timeout
+            ) as resp:
                 if resp.status in (404, 410):
                     return PageFetch(status=404, url=str(resp.url))
                 if resp.status == 304:
@@ -371,7 +420,9 @@ class UpstreamClient:
 
         async def attempt() -> bytes | None:
             headers = {"Accept-Encoding": "identity"}
-            async with self._get(url, headers=headers, timeouts=self._page_timeout) as resp:
+            async with self._get(
+                url, kind="metadata", headers=headers, timeouts=self._page_timeout
+            ) as resp:
                 if resp.status in (404, 410):
                     return None
                 _raise_for_status(resp)
@@ -398,7 +449,11 @@ class UpstreamClient:
 
         async def attempt() -> tuple[Opener, aiohttp.ClientResponse]:
             opener = self._get(
-                url, headers=headers, timeouts=self._file_timeout, auto_decompress=False
+                url,
+                kind="file",
+                headers=headers,
+                timeouts=self._file_timeout,
+                auto_decompress=False,
             )
             resp = await opener.__aenter__()
             if resp.status >= 400:
@@ -490,6 +545,19 @@ def _proxy_auth_error(proxy: Proxy) -> UpstreamError:
         "(set upstream.proxy_auth_env or upstream.proxy_auth_file)",
         status=407,
     )
+
+
+def _outcome(status: int) -> str:
+    """The bounded ``outcome`` label of an upstream response status."""
+    if status < 300:
+        return "ok"
+    if status == 304:
+        return "not_modified"
+    if status in (404, 410):
+        return "not_found"
+    if status < 400:
+        return "ok"
+    return reason_for_status(status).value
 
 
 def _counts_against_health(error: UpstreamError) -> bool:

@@ -1,17 +1,25 @@
-"""Middlewares: turn every failure into a short, classified answer, and count requests."""
+"""Middlewares: a request id, an access line and metrics for every request, and a
+short, classified answer for every failure."""
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from pipgate.errors import UpstreamError
+from pipgate.logs import new_request_id, request_id
 from pipgate.web.http import text_error
 from pipgate.web.state import services
 
 log = logging.getLogger("pipgate.web")
+#: Where the request id is kept on the request (responses are prepared after the
+#: middleware returned, outside its context).
+REQUEST_ID = "pipgate.request_id"
+access = logging.getLogger("pipgate.access")
 
 
 @web.middleware
@@ -24,11 +32,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             return text_error(exc.status, exc.reason.lower())
         raise
     except UpstreamError as exc:
-        return text_error(
-            exc.client_status,
-            f"upstream fetch failed: {exc.reason.value}: {exc.detail}",
-            exc.reason,
-        )
+        message = f"upstream fetch failed: {exc.reason.value}: {exc.detail}"
+        return text_error(exc.client_status, message, exc.reason)
     except (ConnectionError, TimeoutError):
         raise
     except Exception:
@@ -37,8 +42,13 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 @web.middleware
-async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """``pipgate_http_requests_total{route,method,status}`` with route templates."""
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, one access log line, and the request counter and latency histogram
+    (labelled by route template, never by raw path)."""
+    rid = new_request_id(request.headers.get("X-Request-ID"))
+    request[REQUEST_ID] = rid
+    token = request_id.set(rid)
+    started = time.monotonic()
     status = 500
     try:
         response = await handler(request)
@@ -48,8 +58,37 @@ async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = exc.status
         raise
     finally:
+        elapsed = time.monotonic() - started
         route = request.match_info.route.name or "other"
         method = request.method if request.method in ("GET", "HEAD") else "other"
-        services(request).metrics.http_requests.labels(
-            route=route, method=method, status=str(status)
-        ).inc()
+        metrics = services(request).metrics
+        metrics.http_requests.labels(route=route, method=method, status=str(status)).inc()
+        metrics.http_duration.labels(route=route).observe(elapsed)
+        access.info(
+            '%s "%s %s" %d %.3fs pid=%d',
+            request.remote,
+            request.method,
+            request.rel_url,
+            status,
+            elapsed,
+            os.getpid(),
+            extra={
+                "event": "access",
+                "remote": request.remote,
+                "method": request.method,
+                "path": str(request.rel_url),
+                "route": route,
+                "status": status,
+                "duration": round(elapsed, 6),
+                "user_agent": request.headers.get("User-Agent", "")[:200],
+                "pid": os.getpid(),
+                "request_id": rid,
+            },
+        )
+        request_id.reset(token)
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every response, streamed ones too, names its request."""
+    response.headers["X-Request-ID"] = request.get(REQUEST_ID, "-")
+

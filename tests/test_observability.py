@@ -1,0 +1,234 @@
+"""Metrics, logs and /-/failures tell the same story about every failed download."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import threading
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from pipgate.app import create_app
+from pipgate.config import Secrets
+from pipgate.upstream import client as upstream_client
+from tests.conftest import GateFactory, gate_config
+from tests.support.fake_pypi import FakePyPI
+from tests.support.links import file_path, file_url
+from tests.support.metrics import metric_value
+from tests.support.packages import BuiltDist, sample_tree
+from tests.support.server import PipgateProcess
+
+ALPHA = next(d for d in sample_tree() if d.filename == "alpha-1.0-py3-none-any.whl")
+
+
+async def scrape(gate: TestClient) -> str:
+    return await (await gate.get("/metrics")).text()
+
+
+async def failures(gate: TestClient) -> list[dict[str, Any]]:
+    for _ in range(50):  # the failure list is written off the event loop
+        body = json.loads(await (await gate.get("/-/failures")).read())
+        if body["failures"]:
+            return list(body["failures"])
+        await asyncio.sleep(0.02)
+    return []
+
+
+FAULTS = [
+    "http_5xx",
+    "http_4xx",
+    "timeout",
+    "connect",
+    "bad_page",
+    "hash_mismatch",
+    "truncated",
+    "too_large",
+    "dns",
+    "tls",
+    "proxy_connect",
+]
+
+
+@pytest.mark.parametrize("reason", FAULTS)
+async def test_every_failure_reason_shows_in_counter_log_and_failure_list(
+    aiohttp_client: Any,
+    upstream: FakePyPI,
+    tmp_path: Path,
+    reason: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.INFO)
+    overrides: dict[str, Any] = {}
+    target = "/simple/alpha/"
+    file_fault = False
+    if reason == "http_5xx":
+        upstream.page_status = 502
+    elif reason == "http_4xx":
+        upstream.page_status = 403
+    elif reason == "timeout":
+        upstream.page_delay = 2.0
+        overrides = {"page_timeout": 0.3, "read_timeout": 0.3}
+    elif reason == "connect":
+        overrides = {"upstream": "http://127.0.0.1:9/simple/"}
+    elif reason == "bad_page":
+        upstream.garbage_pages.add("alpha")
+    elif reason == "hash_mismatch":
+        upstream.corrupt.add(ALPHA.filename)
+        file_fault = True
+    elif reason == "truncated":
+        upstream.truncate[ALPHA.filename] = 100
+        upstream.no_ranges.add(ALPHA.filename)
+        monkeypatch.setattr("pipgate.store.downloads.MAX_RESUMES", 0)
+        file_fault = True
+    elif reason == "too_large":
+        monkeypatch.setattr(upstream_client, "MAX_PAGE_BYTES", 10)
+    elif reason == "dns":
+        overrides = {"upstream": "http://pipgate-test.invalid/simple/"}
+    elif reason == "tls":
+        overrides = {"upstream": upstream.index_url.replace("http://", "https://")}
+    elif reason == "proxy_connect":
+        overrides = {"proxy": ("http://127.0.0.1:9",)}
+    upstream_url = overrides.pop("upstream", None)
+    config = gate_config(tmp_path / "cache", upstream, **overrides)
+    if upstream_url:
+        config = replace(config, upstream=upstream_url)
+    gate: TestClient = await aiohttp_client(create_app(config))
+    if file_fault:
+        path = await file_path(gate, "alpha", ALPHA.filename)
+        resp = await gate.get(path)
+        with contextlib.suppress(aiohttp.ClientPayloadError):  # the body is cut short
+            await resp.read()
+    else:
+        resp = await gate.get(target)
+        assert resp.status >= 500 or resp.status == 404
+        assert resp.headers.get("X-Pipgate-Reason") == reason
+
+    text = await scrape(gate)
+    assert metric_value(text, "pipgate_download_failures_total", reason=reason) >= 1
+    assert any(f"reason={reason}" in r.getMessage() for r in caplog.records), reason
+    listed = await failures(gate)
+    assert listed and listed[0]["reason"] == reason
+    assert listed[0]["project"] == "alpha"
+
+
+async def test_disk_full_and_proxy_auth_are_reported_too(
+    aiohttp_client: Any, upstream: FakePyPI, tmp_path: Path
+) -> None:
+    """Both have end-to-end tests elsewhere; here: they reach /-/failures with names."""
+    from tests.support.forward_proxy import ForwardProxy
+
+    with ForwardProxy(auth=("u", "right")) as proxy:
+        config = gate_config(
+            tmp_path / "c", upstream, proxy=(proxy.url,), secrets=Secrets(proxy_auth=("u", "no"))
+        )
+        gate: TestClient = await aiohttp_client(create_app(config))
+        resp = await gate.get("/simple/alpha/")
+        assert resp.headers["X-Pipgate-Reason"] == "proxy_auth"
+        listed = await failures(gate)
+        assert listed[0]["reason"] == "proxy_auth"
+        assert listed[0]["proxy"] == proxy.url.split("://", 1)[1]
+        assert "no" not in json.dumps(listed[0]["detail"]).split()
+
+
+async def test_failure_list_is_newest_first_and_bounded(
+    make_gate: GateFactory, upstream: FakePyPI
+) -> None:
+    gate = await make_gate()
+    upstream.page_status = 500
+    for name in ("alpha", "beta", "gamma"):
+        await gate.get(f"/simple/{name}/")
+    body = json.loads(await (await gate.get("/-/failures?limit=2")).read())
+    assert [f["project"] for f in body["failures"]] == ["gamma", "beta"]
+
+
+async def test_every_response_carries_a_request_id_that_the_log_lines_share(
+    make_gate: GateFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    gate = await make_gate()
+    resp = await gate.get("/simple/alpha/", headers={"X-Request-ID": "ci-run-42"})
+    assert resp.headers["X-Request-ID"] == "ci-run-42"
+    generated = await gate.get("/simple/beta/")
+    assert len(generated.headers["X-Request-ID"]) == 16
+    hostile = await gate.get("/healthz", headers={"X-Request-ID": "x" * 500})
+    assert len(hostile.headers["X-Request-ID"]) == 16
+    lines = [r for r in caplog.records if getattr(r, "request_id", None) == "ci-run-42"]
+    events = {getattr(r, "event", None) for r in lines}
+    assert {"access", "upstream_fetch"} <= events
+
+
+def test_json_log_lines_in_a_real_process(upstream: FakePyPI, tmp_path: Path) -> None:
+    with PipgateProcess(
+        upstream=upstream.index_url,
+        cache_dir=tmp_path / "cache",
+        extra_args=("--log-format", "json"),
+    ) as gate, urllib.request.urlopen(gate.index_url + "alpha/", timeout=30) as resp:
+        rid = resp.headers["X-Request-ID"]
+    entries = [json.loads(line) for line in gate.log().splitlines() if line.startswith("{")]
+    access = [e for e in entries if e.get("event") == "access" and e.get("request_id") == rid]
+    fetch = [
+        e for e in entries if e.get("event") == "upstream_fetch" and e.get("request_id") == rid
+    ]
+    assert access and access[0]["route"] == "simple_project" and access[0]["status"] == 200
+    assert fetch and fetch[0]["kind"] == "page" and fetch[0]["outcome"] == "ok"
+
+
+def test_one_scrape_sums_all_workers(upstream: FakePyPI, tmp_path: Path) -> None:
+    with PipgateProcess(
+        upstream=upstream.index_url, cache_dir=tmp_path / "cache", extra_args=("--workers", "2")
+    ) as gate:
+        for _ in range(40):
+            urllib.request.urlopen(gate.url + "/healthz", timeout=10).read()
+        log_pids = set()
+        text = urllib.request.urlopen(gate.url + "/metrics", timeout=10).read().decode()
+        for line in gate.log().splitlines():
+            if '"GET /healthz"' in line:
+                log_pids.add(line.rsplit("pid=", 1)[-1])
+    assert len(log_pids) == 2, "both workers should have answered"
+    served = metric_value(text, "pipgate_http_requests_total", route="healthz")
+    assert served >= 40  # the start-up probe adds one or more
+
+
+def test_a_scrape_during_a_herd_is_consistent_with_what_clients_received(
+    upstream: FakePyPI, slow_big: BuiltDist, tmp_path: Path
+) -> None:
+    with PipgateProcess(upstream=upstream.index_url, cache_dir=tmp_path / "cache") as gate:
+        url = file_url(gate.index_url, slow_big.project, slow_big.filename)
+        received: list[int] = []
+        digests: list[str] = []
+
+        def client() -> None:
+            digest = hashlib.sha256()
+            count = 0
+            with urllib.request.urlopen(url, timeout=60) as resp:
+                while chunk := resp.read(1 << 16):
+                    digest.update(chunk)
+                    count += len(chunk)
+            received.append(count)
+            digests.append(digest.hexdigest())
+
+        threads = [threading.Thread(target=client) for _ in range(32)]
+        for thread in threads:
+            thread.start()
+        during = urllib.request.urlopen(gate.url + "/metrics", timeout=10).read().decode()
+        for thread in threads:
+            thread.join(timeout=120)
+        after = urllib.request.urlopen(gate.url + "/metrics", timeout=10).read().decode()
+    assert digests == [slow_big.sha256] * 32
+    served_during = metric_value(during, "pipgate_bytes_served_total")
+    assert 0 <= served_during <= sum(received)
+    assert metric_value(during, "pipgate_inflight_downloads") <= 1
+    assert metric_value(after, "pipgate_bytes_served_total") == sum(received)
+    assert metric_value(after, "pipgate_bytes_fetched_total") == slow_big.size
+    assert metric_value(after, "pipgate_inflight_downloads") == 0
+    assert upstream.downloads(slow_big.filename) == 1
