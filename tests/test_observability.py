@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -19,6 +20,7 @@ from aiohttp.test_utils import TestClient
 
 from pipgate.app import create_app
 from pipgate.config import Secrets
+from pipgate.store.blobs import BlobWriter
 from pipgate.upstream import client as upstream_client
 from tests.conftest import GateFactory, gate_config
 from tests.support.fake_pypi import FakePyPI
@@ -55,6 +57,7 @@ FAULTS = [
     "dns",
     "tls",
     "proxy_connect",
+    "disk_full",
 ]
 
 
@@ -98,6 +101,13 @@ async def test_every_failure_reason_shows_in_counter_log_and_failure_list(
         overrides = {"upstream": upstream.index_url.replace("http://", "https://")}
     elif reason == "proxy_connect":
         overrides = {"proxy": ("http://127.0.0.1:9",)}
+    elif reason == "disk_full":
+
+        def no_space(self: BlobWriter, chunk: bytes) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(BlobWriter, "write", no_space)
+        file_fault = True
     upstream_url = overrides.pop("upstream", None)
     config = gate_config(tmp_path / "cache", upstream, **overrides)
     if upstream_url:
@@ -121,10 +131,10 @@ async def test_every_failure_reason_shows_in_counter_log_and_failure_list(
     assert listed[0]["project"] == "alpha"
 
 
-async def test_disk_full_and_proxy_auth_are_reported_too(
+async def test_proxy_auth_failures_are_listed_with_their_proxy(
     aiohttp_client: Any, upstream: FakePyPI, tmp_path: Path
 ) -> None:
-    """Both have end-to-end tests elsewhere; here: they reach /-/failures with names."""
+    """proxy_auth has end-to-end tests elsewhere; here: /-/failures names the proxy."""
     from tests.support.forward_proxy import ForwardProxy
 
     with ForwardProxy(auth=("u", "right")) as proxy:
