@@ -36,13 +36,15 @@ async def scrape(gate: TestClient) -> str:
     return await (await gate.get("/metrics")).text()
 
 
-async def failures(gate: TestClient) -> list[dict[str, Any]]:
-    for _ in range(50):  # the failure list is written off the event loop
-        body = json.loads(await (await gate.get("/-/failures")).read())
-        if body["failures"]:
-            return list(body["failures"])
+async def failures(gate: TestClient, at_least: int = 1, query: str = "") -> list[dict[str, Any]]:
+    """The failure list once it holds ``at_least`` entries (it is written off the loop)."""
+    body: dict[str, Any] = {"failures": []}
+    for _ in range(100):
+        body = json.loads(await (await gate.get("/-/failures" + query)).read())
+        if len(body["failures"]) >= at_least:
+            break
         await asyncio.sleep(0.02)
-    return []
+    return list(body["failures"])
 
 
 FAULTS = [
@@ -157,8 +159,9 @@ async def test_failure_list_is_newest_first_and_bounded(
     upstream.page_status = 500
     for name in ("alpha", "beta", "gamma"):
         await gate.get(f"/simple/{name}/")
-    body = json.loads(await (await gate.get("/-/failures?limit=2")).read())
-    assert [f["project"] for f in body["failures"]] == ["gamma", "beta"]
+    await failures(gate, at_least=3)
+    listed = await failures(gate, at_least=2, query="?limit=2")
+    assert [f["project"] for f in listed] == ["gamma", "beta"]
 
 
 async def test_every_response_carries_a_request_id_that_the_log_lines_share(

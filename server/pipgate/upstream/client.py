@@ -13,6 +13,7 @@ pages and files keep being served) until it is probed again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
@@ -129,6 +130,7 @@ class UpstreamClient:
         self.last_error: UpstreamError | None = None
         self._failures = failures
         self._records: set[asyncio.Task[None]] = set()
+        self._last_record: asyncio.Task[None] | None = None
         metrics.initialise(self.name)
 
     async def start(self) -> None:
@@ -283,9 +285,22 @@ class UpstreamClient:
                 file=file,
                 proxy=proxy,
             )
-            task = asyncio.get_running_loop().create_task(self._failures.record(record))
+            # Written off the loop, one after the other, so the list keeps their order.
+            previous = self._last_record
+            task = asyncio.get_running_loop().create_task(self._append(previous, record))
+            self._last_record = task
             self._records.add(task)
             task.add_done_callback(self._records.discard)
+
+    async def _append(self, previous: asyncio.Task[None] | None, record: Failure) -> None:
+        if previous is not None:
+            with contextlib.suppress(Exception):
+                await previous
+        assert self._failures is not None
+        try:
+            await self._failures.record(record)
+        except Exception:  # the list is a convenience: never let it break a request
+            log.exception("could not record a failure for /-/failures")
 
     def _observe(
         self,

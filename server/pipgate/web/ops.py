@@ -1,15 +1,14 @@
-"""Operations endpoints: health, readiness, metrics, and a landing page."""
+"""Operations endpoints: health, readiness, metrics, failures and the status page."""
 
 from __future__ import annotations
 
 import asyncio
-import html
 import os
 
 from aiohttp import web
 
-from pipgate import __version__
 from pipgate.redact import redact_url
+from pipgate.web import status
 from pipgate.web.state import services
 
 
@@ -72,15 +71,5 @@ async def failures(request: web.Request) -> web.Response:
 
 
 async def landing(request: web.Request) -> web.Response:
-    """A short page for people who open pipgate in a browser."""
-    svc = services(request)
-    upstream = html.escape(redact_url(svc.client.index_url))
-    page = (
-        "<!DOCTYPE html><html><head><title>pipgate</title></head><body>"
-        f"<h1>pipgate {html.escape(__version__)}</h1>"
-        f"<p>Caching proxy of <code>{upstream}</code>.</p>"
-        "<p>Use <code>pip install --index-url http://HOST:PORT/simple/ …</code>; "
-        'see <a href="simple/">simple/</a>, <a href="metrics">metrics</a>, '
-        '<a href="readyz">readyz</a>.</p></body></html>'
-    )
-    return web.Response(text=page, content_type="text/html")
+    """``/``: the status page for people who open pipgate in a browser."""
+    return await status.status_page(request)

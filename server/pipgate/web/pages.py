@@ -50,7 +50,7 @@ async def project(request: web.Request) -> web.StreamResponse:
         response = text_error(404, f"project {name} not found upstream")
         response.headers["Cache-Control"] = f"max-age={int(svc.config.negative_ttl)}"
         return response
-    base = _link_base(request)
+    base = link_base(request)
     gzip_ok = accepts_gzip(request.headers.get("Accept-Encoding"))
     rendered = await svc.renderer.render(view.page, view.digest, fmt, base, gzip_ok)
     headers = _page_headers(fmt, rendered.etag, view.age, svc.config.index_ttl, view.result)
@@ -96,7 +96,7 @@ def _redirect(request: web.Request, location: str) -> web.Response:
     return web.Response(status=301, headers={"Location": location})
 
 
-def _link_base(request: web.Request) -> str | None:
+def link_base(request: web.Request) -> str | None:
     svc = services(request)
     if svc.config.public_url:
         return svc.config.public_url
