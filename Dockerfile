@@ -14,7 +14,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIPGATE_HOST=0.0.0.0 \
     PIPGATE_PORT=3141 \
-    PIPGATE_CACHE_DIR=/var/cache/pipgate
+    PIPGATE_CACHE_DIR=/var/cache/pipgate \
+    PIPGATE_LOG_FORMAT=json
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
