@@ -60,6 +60,7 @@ FAULTS = [
     "tls",
     "proxy_connect",
     "disk_full",
+    "policy",
 ]
 
 
@@ -103,6 +104,8 @@ async def test_every_failure_reason_shows_in_counter_log_and_failure_list(
         overrides = {"upstream": upstream.index_url.replace("http://", "https://")}
     elif reason == "proxy_connect":
         overrides = {"proxy": ("http://127.0.0.1:9",)}
+    elif reason == "policy":
+        overrides = {"deny": ("alpha",)}
     elif reason == "disk_full":
 
         def no_space(self: BlobWriter, chunk: bytes) -> None:
@@ -122,7 +125,7 @@ async def test_every_failure_reason_shows_in_counter_log_and_failure_list(
             await resp.read()
     else:
         resp = await gate.get(target)
-        assert resp.status >= 500 or resp.status == 404
+        assert resp.status >= 500 or resp.status == (403 if reason == "policy" else 404)
         assert resp.headers.get("X-Pipgate-Reason") == reason
 
     text = await scrape(gate)

@@ -175,6 +175,20 @@ def parse_proxies(raw: Any) -> tuple[str, ...]:
     return tuple(proxies)
 
 
+def parse_project_patterns(raw: Any) -> tuple[str, ...]:
+    """Project names or ``fnmatch`` patterns (TOML array, or comma-separated text)."""
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    patterns = []
+    for item in items:
+        text = str(item).strip().lower()
+        if not text:
+            continue
+        if not all(c.isalnum() or c in "-_.*?[]!" for c in text):
+            raise ValueError(f"expected project names or patterns like 'evil-*', got {item!r}")
+        patterns.append(text)
+    return tuple(patterns)
+
+
 def parse_optional_path(raw: Any) -> Path | None:
     """A path, or empty for none."""
     text = str(raw).strip()
@@ -310,6 +324,13 @@ SETTINGS: tuple[Setting, ...] = (
         "scrub_rate",
         parse_size,
         "bytes per second re-hashed by the background integrity scrub (0 = off)",
+    ),
+    Setting(
+        "deny",
+        "policy",
+        "deny",
+        parse_project_patterns,
+        "projects never served (names or patterns like 'evil-*'); reason 'policy'",
     ),
     Setting(
         "upstream",
@@ -509,6 +530,7 @@ class Config:
     max_stale: float = 86400.0
     max_size: int = 0
     scrub_rate: int = 0
+    deny: tuple[str, ...] = ()
     upstream: str = "https://pypi.org/simple/"
     connect_timeout: float = 10.0
     read_timeout: float = 30.0

@@ -76,6 +76,8 @@ class UpstreamError(Exception):
         """
         if self.status in (404, 410):
             return 404
+        if self.reason is Reason.POLICY:
+            return 403
         if self.reason in TRANSIENT:
             return 503
         return 502

@@ -83,6 +83,7 @@ class FileService:
 
     async def open(self, project: str, key: str, filename: str) -> Served:
         """The file to send. Raises :class:`FileNotFound` or :class:`UpstreamError`."""
+        self._pages.check_policy(project, filename)
         cached = self._recent_hit(project, key, filename)
         if cached is None:
             # One worker-thread hop for everything a cache hit needs.
@@ -145,6 +146,7 @@ class FileService:
 
     async def metadata(self, project: str, key: str, filename: str) -> Served:
         """The PEP 658 metadata file of distribution ``filename``."""
+        self._pages.check_policy(project, filename + METADATA_SUFFIX)
         await self._check_offered(project)
         meta_key = f"meta:{key}"
         sha = await self._index.get_alias(meta_key)

@@ -24,6 +24,7 @@ from pipgate.config import Config
 from pipgate.errors import Reason, UpstreamError
 from pipgate.links import file_key
 from pipgate.metrics import Metrics
+from pipgate.policy import Policy
 from pipgate.redact import redact_url
 from pipgate.simple.model import DistFile, ProjectPage
 from pipgate.simple.parse import PageParseError, parse_project_html, parse_project_json
@@ -60,6 +61,7 @@ class IndexService:
         self, config: Config, index: Index, client: UpstreamClient, metrics: Metrics
     ) -> None:
         self._config = config
+        self._policy = Policy(config.deny)
         self._index = index
         self._client = client
         self._metrics = metrics
@@ -75,8 +77,10 @@ class IndexService:
     async def project(self, name: str, *, revalidate: bool = False) -> PageView:
         """The page of normalised project ``name``.
 
-        Raises :class:`UpstreamError` when upstream fails and nothing usable is cached.
+        Raises :class:`UpstreamError` when upstream fails and nothing usable is cached,
+        or when the project is denied by policy.
         """
+        self.check_policy(name)
         record = await self._index.get_page(name)
         if record is not None and not revalidate and record.age() < self._ttl(record):
             view = await self._view(name, record, "hit")
@@ -86,6 +90,14 @@ class IndexService:
         view = await self._shared_refresh(name)
         self._metrics.cache("index", view.result)
         return view
+
+    def check_policy(self, name: str, file: str | None = None) -> None:
+        """Refuse (and report) a project the policy denies."""
+        try:
+            self._policy.check(name)
+        except UpstreamError as exc:
+            self._client.report_failure(exc, project=name, file=file)
+            raise
 
     async def find_file(self, name: str, key: str, filename: str) -> DistFile | None:
         """The offered file of ``name`` whose URL key and filename match, if any."""
