@@ -18,7 +18,7 @@ from pipgate.web.state import services
 log = logging.getLogger("pipgate.web")
 #: Where the request id is kept on the request (responses are prepared after the
 #: middleware returned, outside its context).
-REQUEST_ID = "pipgate.request_id"
+REQUEST_ID = web.RequestKey("request_id", str)
 access = logging.getLogger("pipgate.access")
 
 
