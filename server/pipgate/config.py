@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -699,8 +699,3 @@ def _check_consistency(config: Config) -> None:
     for name in ("connect_timeout", "read_timeout", "page_timeout"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{_BY_NAME[name].toml_key}: must be greater than 0")
-
-
-def describe(config: Config) -> dict[str, Any]:
-    """The settings as plain values, for logs and ``doctor`` (no secrets in here yet)."""
-    return {f.name: getattr(config, f.name) for f in fields(config)}

@@ -130,16 +130,6 @@ class Download:
             assert self.error is not None
             raise self.error
 
-    async def wait_done(self) -> Committed:
-        """Wait for the outcome; raise the error on failure."""
-        while self.state is State.RUNNING:
-            await self._progress.wait()
-        if self.state is State.FAILED:
-            assert self.error is not None
-            raise self.error
-        assert self.committed is not None
-        return self.committed
-
     async def segments(
         self, start: int = 0, end: int | None = None
     ) -> AsyncGenerator[tuple[BinaryIO, int, int], None]:

@@ -109,10 +109,6 @@ class Index:
         raw = await self._get(f"blob:{sha256}")
         return BlobRecord(**raw) if raw else None
 
-    async def put_blob(self, sha256: str, record: BlobRecord) -> None:
-        """Record a newly committed blob."""
-        await self._set(f"blob:{sha256}", asdict(record))
-
     async def remove_blob(self, sha256: str, size: int) -> None:
         """Forget a blob (after it was deleted) and subtract its size."""
         await asyncio.to_thread(self.forget_blob, sha256, size)
