@@ -137,7 +137,7 @@ async def test_every_failure_reason_shows_in_counter_log_and_failure_list(
 
 
 async def test_proxy_auth_failures_are_listed_with_their_proxy(
-    aiohttp_client: Any, upstream: FakePyPI, tmp_path: Path
+    aiohttp_client: Any, upstream: FakePyPI, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """proxy_auth has end-to-end tests elsewhere; here: /-/failures names the proxy."""
     from tests.support.forward_proxy import ForwardProxy
@@ -151,6 +151,12 @@ async def test_proxy_auth_failures_are_listed_with_their_proxy(
         assert resp.headers["X-Pipgate-Reason"] == "proxy_auth"
         listed = await failures(gate)
         assert listed[0]["reason"] == "proxy_auth"
+        counted = metric_value(await scrape(gate), "pipgate_download_failures_total")
+        assert counted >= 1
+        assert metric_value(
+            await scrape(gate), "pipgate_download_failures_total", reason="proxy_auth"
+        ) == counted
+        assert any("reason=proxy_auth" in r.getMessage() for r in caplog.records)
         assert listed[0]["proxy"] == proxy.url.split("://", 1)[1]
         assert "no" not in json.dumps(listed[0]["detail"]).split()
 
