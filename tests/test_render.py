@@ -14,7 +14,14 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pipgate.simple.model import KNOWN_HTML_ATTRS, DistFile, ProjectEntry, ProjectPage
+from pipgate.simple.model import (
+    KNOWN_HTML_ATTRS,
+    KNOWN_JSON_FILE_KEYS,
+    KNOWN_JSON_PAGE_KEYS,
+    DistFile,
+    ProjectEntry,
+    ProjectPage,
+)
 from pipgate.simple.parse import (
     ProjectListHtmlParser,
     parse_project_html,
@@ -453,20 +460,6 @@ _JSON_VALUE = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
     max_leaves=8,
 )
-_KNOWN_FILE_KEYS = {
-    "filename",
-    "url",
-    "hashes",
-    "requires-python",
-    "core-metadata",
-    "dist-info-metadata",
-    "data-dist-info-metadata",
-    "gpg-sig",
-    "yanked",
-    "size",
-    "upload-time",
-    "provenance",
-}
 
 
 @st.composite
@@ -487,7 +480,7 @@ def _json_file(draw: st.DrawFn, sized: bool) -> DistFile:
         provenance=draw(st.none() | any_text),
         extra=draw(
             st.dictionaries(
-                _TEXT.filter(lambda k: k not in _KNOWN_FILE_KEYS), _JSON_VALUE, max_size=2
+                _TEXT.filter(lambda k: k not in KNOWN_JSON_FILE_KEYS), _JSON_VALUE, max_size=2
             )
         ),
     )
@@ -497,7 +490,6 @@ def _json_file(draw: st.DrawFn, sized: bool) -> DistFile:
 _STATUS_ANY = st.none() | st.dictionaries(_TEXT, _JSON_VALUE, max_size=2).filter(
     lambda s: s.get("status") != "quarantined" and "state" not in s
 )
-_PAGE_KEYS = ("meta", "name", "files", "versions", "project-status")
 
 
 @st.composite
@@ -519,7 +511,9 @@ def _json_page(draw: st.DrawFn) -> ProjectPage:
                 max_size=2,
             )
         ),
-        extra=draw(st.dictionaries(_TEXT.filter(lambda k: k not in _PAGE_KEYS), _JSON_VALUE)),
+        extra=draw(
+            st.dictionaries(_TEXT.filter(lambda k: k not in KNOWN_JSON_PAGE_KEYS), _JSON_VALUE)
+        ),
     )
 
 

@@ -48,6 +48,28 @@ KNOWN_HTML_ATTRS = frozenset(
     }
 )
 
+#: The PEP 691 keys of a file entry the model knows (``dist-info-metadata`` included: it
+#: is read as a fallback but never written, PEP 714); any other key is passed through
+#: in :attr:`DistFile.extra`.
+KNOWN_JSON_FILE_KEYS = frozenset(
+    {
+        "filename",
+        "url",
+        "hashes",
+        "requires-python",
+        "core-metadata",
+        "data-dist-info-metadata",
+        "dist-info-metadata",
+        "gpg-sig",
+        "yanked",
+        "size",
+        "upload-time",
+        "provenance",
+    }
+)
+#: The PEP 691 top-level keys of a project page the model knows.
+KNOWN_JSON_PAGE_KEYS = frozenset({"meta", "name", "files", "versions", "project-status"})
+
 #: ``core_metadata`` values: absent, ``True`` (no hash known), or ``{"sha256": hex}``.
 CoreMetadata = bool | dict[str, str] | None
 

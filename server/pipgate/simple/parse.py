@@ -19,6 +19,8 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from pipgate.simple.model import (
     KNOWN_HTML_ATTRS,
+    KNOWN_JSON_FILE_KEYS,
+    KNOWN_JSON_PAGE_KEYS,
     SUPPORTED_MAJOR,
     CoreMetadata,
     DistFile,
@@ -153,21 +155,6 @@ def _first_attrs(attrs: list[tuple[str, str | None]]) -> dict[str, str | None]:
 # Project page, JSON (PEP 691)
 
 _CORE_METADATA_KEYS = ("core-metadata", "data-dist-info-metadata", "dist-info-metadata")
-_FILE_KEYS = frozenset(
-    {
-        "filename",
-        "url",
-        "hashes",
-        "requires-python",
-        "gpg-sig",
-        "yanked",
-        "size",
-        "upload-time",
-        "provenance",
-        *_CORE_METADATA_KEYS,
-    }
-)
-_PAGE_KEYS = frozenset({"meta", "name", "files", "versions", "project-status"})
 
 
 class _BadEntry(Exception):
@@ -214,7 +201,7 @@ def parse_project_json(body: bytes, page_url: str, name: str) -> ProjectPage:
         versions=versions,
         project_status=project_status,
         meta_extra=meta_extra,
-        extra={k: v for k, v in data.items() if k not in _PAGE_KEYS},
+        extra={k: v for k, v in data.items() if k not in KNOWN_JSON_PAGE_KEYS},
     )
 
 
@@ -245,7 +232,7 @@ def _json_file(entry: object, page_url: str) -> DistFile | None:
         size=_json_size(entry.get("size")),
         upload_time=_opt(entry.get("upload-time"), str),
         provenance=_opt(entry.get("provenance"), str),
-        extra={k: v for k, v in entry.items() if k not in _FILE_KEYS},
+        extra={k: v for k, v in entry.items() if k not in KNOWN_JSON_FILE_KEYS},
     )
 
 

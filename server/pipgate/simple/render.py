@@ -19,6 +19,8 @@ from packaging.utils import parse_sdist_filename, parse_wheel_filename
 from pipgate.simple.model import (
     HTML_MAX_VERSION,
     KNOWN_HTML_ATTRS,
+    KNOWN_JSON_FILE_KEYS,
+    KNOWN_JSON_PAGE_KEYS,
     CoreMetadata,
     DistFile,
     ProjectEntry,
@@ -43,24 +45,6 @@ _HASH_PREFERENCE = ("sha256", "sha512", "sha384", "sha224", "sha1", "md5", "blak
 _HEX = re.compile(r"[0-9a-fA-F]+\Z")
 _DATA_ATTR = re.compile(r"data-[a-z0-9_.:-]+\Z")
 _PLAIN_HREF = re.compile(r"[a-z0-9-]+\Z")
-_JSON_FILE_KEYS = frozenset(
-    {
-        "filename",
-        "url",
-        "hashes",
-        "requires-python",
-        "core-metadata",
-        "data-dist-info-metadata",
-        # PEP 714: pip 22.3-23.1 crashes on this key, so it is never emitted.
-        "dist-info-metadata",
-        "gpg-sig",
-        "yanked",
-        "size",
-        "upload-time",
-        "provenance",
-    }
-)
-_JSON_PAGE_KEYS = frozenset({"meta", "name", "files", "versions", "project-status"})
 _STATUS_META = (("status", "pypi:project-status"), ("reason", "pypi:project-status-reason"))
 #: Root-list entries per yielded chunk: big enough that 930k entries cost ~450 chunks.
 _BATCH = 2048
@@ -216,7 +200,7 @@ def _json_file(dist: DistFile, url: str) -> dict[str, Any]:
     if dist.provenance is not None:
         out["provenance"] = dist.provenance
     for key, value in dist.extra.items():
-        if key not in _JSON_FILE_KEYS:
+        if key not in KNOWN_JSON_FILE_KEYS:
             out[key] = value
     return out
 
@@ -240,7 +224,7 @@ def render_project_json(page: ProjectPage, url_for: UrlFor) -> bytes:
     if page.project_status is not None:
         doc["project-status"] = page.project_status  # PEP 792: top level, like PyPI
     for key, value in page.extra.items():
-        if key not in _JSON_PAGE_KEYS:
+        if key not in KNOWN_JSON_PAGE_KEYS:
             doc[key] = value
     # ensure_ascii (the default) also keeps lone surrogates from a bad upstream encodable;
     # allow_nan=False: NaN/Infinity are not JSON (the parser never produces them).
