@@ -11,22 +11,32 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from pipgate.app import create_app
-from pipgate.config import Config
+from pipgate.config import Config, UpstreamConfig
 from tests.support.fake_pypi import FakePyPI
 from tests.support.packages import BuiltDist, build_wheel
 from tests.support.server import PipgateProcess
 
 
-def gate_config(cache_dir: Path, upstream: FakePyPI, **overrides: object) -> Config:
-    """A config for tests: the fake upstream, a temp cache, no retry delays."""
-    base = Config(
-        cache_dir=cache_dir,
-        upstream=upstream.index_url,
-        retries=0,
-        connect_timeout=5,
-        read_timeout=10,
-        page_timeout=10,
-    )
+#: Fields of one upstream's slice (the rest of the overrides are server-wide).
+UPSTREAM_FIELDS = frozenset(UpstreamConfig.__dataclass_fields__)
+
+
+def upstream_config(url: str, **overrides: object) -> UpstreamConfig:
+    """One upstream slice for tests: no retry delays, short timeouts."""
+    base = UpstreamConfig(url=url, retries=0, connect_timeout=5, read_timeout=10, page_timeout=10)
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def gate_config(cache_dir: Path, upstream: FakePyPI | str, **overrides: object) -> Config:
+    """A config for tests: the fake upstream, a temp cache, no retry delays.
+
+    Overrides named like an upstream field (``proxy``, ``secrets``, ``verify``, …, and
+    ``url``) go to the single upstream's slice; the others to the server.
+    """
+    url = upstream if isinstance(upstream, str) else upstream.index_url
+    url = str(overrides.pop("url", url))
+    mine = {k: overrides.pop(k) for k in list(overrides) if k in UPSTREAM_FIELDS}
+    base = Config(cache_dir=cache_dir, upstreams=(upstream_config(url, **mine),))
     return replace(base, **overrides)  # type: ignore[arg-type]
 
 

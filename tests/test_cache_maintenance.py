@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from pipgate.store.blobs import BlobStore, BlobWriter
-from pipgate.store.index import BlobRecord, Index
+from pipgate.store.catalog import BlobRecord, Catalog
 from pipgate.store.locks import acquire_shared
 from pipgate.store.reconcile import reconcile
 from pipgate.web.state import SERVICES
@@ -55,7 +55,7 @@ async def test_least_recently_used_files_are_evicted_to_fit_max_size(
     for dist in (first, second):
         assert await fetch(gate, dist) == dist.data
     services = gate.app[SERVICES]
-    index = Index(tmp_path / "cache")
+    index = Catalog(tmp_path / "cache")
     await index.touch(first.sha256, time.time() + 10)  # first is now the most recent
     assert await fetch(gate, third) == third.data
 
@@ -119,7 +119,7 @@ def test_reconcile_drops_records_without_blobs_and_adopts_or_removes_orphans(
     cache = tmp_path / "cache"
     blobs = BlobStore(cache)
     blobs.ensure_dirs()
-    index = Index(cache)
+    index = Catalog(cache)
     kept = _commit(blobs, b"kept")
     orphan = _commit(blobs, b"committed, then killed before the record was written")
     vanished = hashlib.sha256(b"vanished").hexdigest()
@@ -139,7 +139,7 @@ def test_reconcile_drops_records_without_blobs_and_adopts_or_removes_orphans(
     assert report.blobs_removed == 1
     assert report.temp_removed == 1
     assert sorted(sha for sha, _ in blobs.iter_blobs()) == sorted([kept, orphan])
-    index = Index(cache)
+    index = Catalog(cache)
     assert index.total_size_now() == blobs.size(kept) + blobs.size(orphan)  # type: ignore[operator]
     index.close()
 

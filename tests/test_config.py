@@ -28,7 +28,12 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_defaults_point_at_pypi_on_loopback() -> None:
     config = load_config(env={})
-    assert config.upstream == "https://pypi.org/simple/"
+    assert [u.url for u in config.upstreams] == ["https://pypi.org/simple/"]
+    assert config.upstreams[0].name == "pypi.org"
+    assert config.upstreams[0].file_origins == (
+        "https://pypi.org",
+        "https://files.pythonhosted.org",
+    )
     assert config.host == "127.0.0.1"
     assert config.index_ttl == 600
 
@@ -46,7 +51,7 @@ def test_precedence_is_flags_over_env_over_file_over_defaults(tmp_path: Path) ->
 def test_config_file_can_come_from_env(tmp_path: Path) -> None:
     path = write(tmp_path, '[upstream]\nurl = "https://mirror.example/simple"\n')
     config = load_config(env={"PIPGATE_CONFIG": str(path)})
-    assert config.upstream == "https://mirror.example/simple/"
+    assert config.upstreams[0].url == "https://mirror.example/simple/"
 
 
 @pytest.mark.parametrize(
@@ -128,8 +133,9 @@ def test_credentials_come_from_env_or_file_and_never_show_in_repr(tmp_path: Path
         'username = "ci"\npassword_env = "INDEX_PASSWORD"\n',
     )
     config = load_config(config_file=path, env={"INDEX_PASSWORD": "hunter2"})
-    assert config.secrets.proxy_auth == ("alice", "s3cr3t")
-    assert config.secrets.basic_auth == ("ci", "hunter2")
+    secrets = config.upstreams[0].secrets
+    assert secrets.proxy_auth == ("alice", "s3cr3t")
+    assert secrets.basic_auth == ("ci", "hunter2")
     assert "s3cr3t" not in repr(config) and "hunter2" not in repr(config)
 
 
@@ -154,4 +160,5 @@ def test_bad_network_settings_name_the_key(
 
 def test_proxy_environment_is_captured_once_in_either_case() -> None:
     config = load_config(env={"HTTPS_PROXY": "http://p:1", "no_proxy": "corp"})
-    assert config.secrets.env_proxies == {"https_proxy": "http://p:1", "no_proxy": "corp"}
+    expected = {"https_proxy": "http://p:1", "no_proxy": "corp"}
+    assert config.upstreams[0].secrets.env_proxies == expected

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from pipgate.store import downloads
+from pipgate.upstream import client as upstream_client
 from tests.support.fake_pypi import FakePyPI
 from tests.support.links import file_path
 from tests.support.metrics import metric_value
@@ -156,7 +156,7 @@ async def test_broken_upstream_body_is_resumed_into_one_complete_response(
 async def test_body_that_keeps_breaking_aborts_the_client_and_is_never_cached(
     gate: TestClient, upstream: FakePyPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(downloads, "MAX_RESUMES", 1)
+    monkeypatch.setattr(upstream_client, "MAX_RESUMES", 1)
     big = build_wheel("bigpkg", "1.0", pad_to=2 << 20)
     upstream.add(big)
     upstream.truncate[big.filename] = 1 << 20
@@ -190,4 +190,4 @@ async def test_cache_metrics_count_hits_and_misses(gate: TestClient) -> None:
     await (await gate.get(path)).read()
     assert await metric(gate, "pipgate_cache_requests_total", kind="file", result="miss") == 1
     assert await metric(gate, "pipgate_cache_requests_total", kind="file", result="hit") == 1
-    assert await metric(gate, "pipgate_cache_requests_total", kind="index", result="miss") == 1
+    assert await metric(gate, "pipgate_cache_requests_total", kind="page", result="miss") == 1

@@ -15,7 +15,7 @@ import pytest
 
 from pipgate.metrics import Metrics
 from pipgate.store.blobs import BlobStore, Committed
-from pipgate.store.index import BlobRecord, Index
+from pipgate.store.catalog import BlobRecord, Catalog
 from pipgate.store.integrity import Scrubber, Throttle, human_size, verify_cache
 from pipgate.store.locks import DownloadLock, try_exclusive, use_lock
 from tests.support.metrics import metric_value
@@ -27,14 +27,14 @@ class Cache:
 
     dir: Path
     blobs: BlobStore
-    index: Index
+    index: Catalog
     good: Committed
     other: Committed
     unverified: Committed
 
 
 async def commit(
-    blobs: BlobStore, index: Index, data: bytes, filename: str, *, verified: bool = True
+    blobs: BlobStore, index: Catalog, data: bytes, filename: str, *, verified: bool = True
 ) -> Committed:
     """Store and record a blob as a download would (no published hash: unverified)."""
     expected = {"sha256": hashlib.sha256(data).hexdigest()} if verified else {}
@@ -48,7 +48,7 @@ async def commit(
 async def cache(tmp_path: Path) -> AsyncIterator[Cache]:
     blobs = BlobStore(tmp_path)
     blobs.ensure_dirs()
-    index = Index(tmp_path)
+    index = Catalog(tmp_path)
     good = await commit(blobs, index, b"good wheel " * 1000, "demo-1.0-py3-none-any.whl")
     other = await commit(blobs, index, b"other sdist " * 300, "demo-1.0.tar.gz")
     unverified = await commit(

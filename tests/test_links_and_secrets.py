@@ -102,12 +102,16 @@ def test_upstream_credentials_never_reach_logs_or_error_bodies(
 
 
 @pytest.mark.parametrize("fmt", ["html", "json"])
-async def test_large_root_list_round_trips(
-    aiohttp_client: Any, tmp_path: Path, fmt: str
+async def test_large_root_list_round_trips_sorted_by_normalised_name(
+    aiohttp_client: Any, tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Small sort runs, so the external merge of several runs is exercised too.
+    monkeypatch.setattr("pipgate.pages.names_file.RUN_LENGTH", 3000)
     fake = FakePyPI(page_format=fmt)  # type: ignore[arg-type]
     names = [f"Project_{i}.Name" for i in range(20000)]
-    fake.root_names = names
+    # Spellings of names already listed are one project, listed once (first spelling).
+    fake.root_names = [*names, "project-7-name", "PROJECT_19999_NAME"]
+    names.sort(key=lambda n: n.lower().replace("_", "-").replace(".", "-"))
     fake.start()
     try:
         gate = await aiohttp_client(create_app(gate_config(tmp_path / "c", fake)))

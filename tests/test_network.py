@@ -273,8 +273,8 @@ async def test_repeated_failures_mark_the_upstream_down_and_stale_pages_still_se
     ready = await gate.get("/readyz")
     assert ready.status == 503
     body = json.loads(await ready.read())
-    assert body["upstream"]["up"] is False
-    assert body["upstream"]["last_error"]["reason"] == "http_5xx"
+    assert body["upstreams"][0]["up"] is False
+    assert body["upstreams"][0]["last_error"]["reason"] == "http_5xx"
     stale = await gate.get("/simple/alpha/")
     assert stale.status == 200 and stale.headers["X-Pipgate-Cache"] == "stale"
     seen = upstream.count("/simple/alpha/")
@@ -453,7 +453,13 @@ async def test_private_index_credentials_go_to_its_origin_only(
     files.start()
     index.files_url = files.url
     try:
-        gate = await gate_for(aiohttp_client, index, tmp_path, secrets=Secrets(token="t0ken-Value"))
+        gate = await gate_for(
+            aiohttp_client,
+            index,
+            tmp_path,
+            secrets=Secrets(token="t0ken-Value"),
+            file_hosts=(files.url,),
+        )
         assert await install_alpha(gate) == ALPHA.data
         page_auth = index.headers_for("/simple/alpha/")[0].get("authorization")
         assert page_auth == "Bearer t0ken-Value"

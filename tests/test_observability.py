@@ -85,7 +85,7 @@ async def test_every_failure_reason_shows_in_counter_log_and_failure_list(
         upstream.page_delay = 2.0
         overrides = {"page_timeout": 0.3, "read_timeout": 0.3}
     elif reason == "connect":
-        overrides = {"upstream": "http://127.0.0.1:9/simple/"}
+        overrides = {"url": "http://127.0.0.1:9/simple/"}
     elif reason == "bad_page":
         upstream.garbage_pages.add("alpha")
     elif reason == "hash_mismatch":
@@ -94,14 +94,14 @@ async def test_every_failure_reason_shows_in_counter_log_and_failure_list(
     elif reason == "truncated":
         upstream.truncate[ALPHA.filename] = 100
         upstream.no_ranges.add(ALPHA.filename)
-        monkeypatch.setattr("pipgate.store.downloads.MAX_RESUMES", 0)
+        monkeypatch.setattr("pipgate.upstream.client.MAX_RESUMES", 0)
         file_fault = True
     elif reason == "too_large":
         monkeypatch.setattr(upstream_client, "MAX_PAGE_BYTES", 10)
     elif reason == "dns":
-        overrides = {"upstream": "http://pipgate-test.invalid/simple/"}
+        overrides = {"url": "http://pipgate-test.invalid/simple/"}
     elif reason == "tls":
-        overrides = {"upstream": upstream.index_url.replace("http://", "https://")}
+        overrides = {"url": upstream.index_url.replace("http://", "https://")}
     elif reason == "proxy_connect":
         overrides = {"proxy": ("http://127.0.0.1:9",)}
     elif reason == "policy":
@@ -113,10 +113,7 @@ async def test_every_failure_reason_shows_in_counter_log_and_failure_list(
 
         monkeypatch.setattr(BlobWriter, "write", no_space)
         file_fault = True
-    upstream_url = overrides.pop("upstream", None)
     config = gate_config(tmp_path / "cache", upstream, **overrides)
-    if upstream_url:
-        config = replace(config, upstream=upstream_url)
     gate: TestClient = await aiohttp_client(create_app(config))
     if file_fault:
         path = await file_path(gate, "alpha", ALPHA.filename)

@@ -25,6 +25,7 @@ from pipgate.simple.render import render_project_html, render_project_json
 PAGE_URL = "https://upstream.example/simple/foo/"
 SHA = "a" * 64
 SHA_B = "b" * 64
+MD5 = "0f" * 16
 
 # ---------------------------------------------------------------------------------------
 # HTML
@@ -35,7 +36,7 @@ _ANCHORS = [
     f'<a href="../files/foo-1.1-py3-none-any.whl#SHA256={SHA}&amp;egg=foo" data-yanked>x</a>',
     '<a href="https://cdn.example/f/foo-1.2.tar.gz?token=1#egg=foo-1.2" data-yanked="">'
     "foo-1.2.tar.gz</a>",
-    '<a href="//cdn.example/f/foo-1.3.tar.gz#md5=00ff"'
+    f'<a href="//cdn.example/f/foo-1.3.tar.gz#md5={MD5}"'
     ' data-yanked="broken &lt;3 &amp; &quot;bad&quot;">foo-1.3.tar.gz</a>',
     '<a href="foo-1.4.tar.gz" data-core-metadata="true"'
     f' data-dist-info-metadata="sha256={SHA_B}">foo-1.4.tar.gz</a>',
@@ -123,7 +124,7 @@ def test_html_skips_unusable_anchors() -> None:
         ("foo-1.0.tar.gz", "hashes", {"sha256": SHA}),
         ("foo-1.1-py3-none-any.whl", "hashes", {"sha256": SHA}),
         ("foo-1.2.tar.gz", "hashes", {}),
-        ("foo-1.3.tar.gz", "hashes", {"md5": "00ff"}),
+        ("foo-1.3.tar.gz", "hashes", {"md5": MD5}),
         # requires-python arrives unescaped.
         ("foo-1.0.tar.gz", "requires_python", ">=3.8,<4"),
         ("foo-1.2.tar.gz", "requires_python", None),
@@ -182,8 +183,10 @@ def test_html_yanked_table(anchor: str, expected: bool | str) -> None:
         ("TRUE", True),
         ("false", False),
         (f"sha256={SHA}", {"sha256": SHA}),
-        (f"SHA512={SHA}", {"sha512": SHA}),
-        ("sha256=nothex", None),
+        (f"SHA512={SHA * 2}", {"sha512": SHA * 2}),
+        # Advertised, but the hash is unusable: metadata exists, with no hash to check.
+        ("sha256=nothex", True),
+        (f"sha512={SHA}", True),  # a sha256-length value is no sha512
         ("garbage", None),
         ("", None),
     ],
@@ -776,3 +779,60 @@ def test_fuzz_json_parsers_raise_only_page_parse_error(body: bytes) -> None:
         parse_project_json(render_project_json(page, _identity), PAGE_URL, "f")
     with contextlib.suppress(PageParseError):
         parse_project_list_json(body)
+
+
+@pytest.mark.parametrize(
+    ("fragment", "expected"),
+    [
+        (f"sha256={SHA}", {"sha256": SHA}),
+        (f"sha256={SHA.upper()}", {"sha256": SHA.upper()}),  # hex in either case
+        (f"sha256={SHA[:-1]}", {}),  # one digit short
+        (f"sha256={SHA}0", {}),  # one digit long
+        (f"sha256={'g' * 64}", {}),  # not hex
+        (f"md5={MD5}", {"md5": MD5}),
+        (f"md5={SHA}", {}),  # a sha256-length md5
+        (f"sha1={'c' * 40}", {"sha1": "c" * 40}),
+        (f"shake_128={'d' * 64}", {}),  # no fixed length: never a usable hash
+        (f"sha256=&md5={MD5}", {"md5": MD5}),  # an empty value is no hash
+    ],
+)
+def test_html_hashes_are_used_only_when_hex_of_the_right_length(
+    fragment: str, expected: dict[str, str]
+) -> None:
+    body = f'<a href="f-1.tar.gz#{fragment}">f</a>'.encode()
+    assert parse_project_html(body, PAGE_URL, "f").files[0].hashes == expected
+
+
+def test_json_hashes_of_known_algorithms_must_have_their_length() -> None:
+    entry = {
+        "filename": "f-1.tar.gz",
+        "url": "f-1.tar.gz",
+        "hashes": {"sha256": "abc", "md5": MD5, "blake2b_256": "ff", "sha512": SHA},
+    }
+    body = json.dumps({"meta": {"api-version": "1.0"}, "name": "f", "files": [entry]})
+    dist = parse_project_json(body.encode(), PAGE_URL, "f").files[0]
+    # The malformed sha256 and sha512 are dropped (no hash, so the URL key is not the
+    # bogus value); names pipgate does not know are passed through for clients.
+    assert dist.hashes == {"md5": MD5, "blake2b_256": "ff"}
+    assert dist.sha256 is None
+
+
+def test_links_that_are_not_http_are_reported_to_the_skip_callback() -> None:
+    body = (
+        b'<a href="javascript:alert(1)">f-1.tar.gz</a>'
+        b'<a href="file:///etc/passwd">f-2.tar.gz</a>'
+        b'<a href="f-3.tar.gz">f-3.tar.gz</a>'
+    )
+    skipped: list[str] = []
+    page = parse_project_html(body, PAGE_URL, "f", on_skip=skipped.append)
+    assert [d.filename for d in page.files] == ["f-3.tar.gz"]
+    assert skipped == ["scheme", "scheme"]
+    entries = [
+        {"filename": "f-1.tar.gz", "url": "ftp://x/f-1.tar.gz", "hashes": {}},
+        {"filename": "f-2.tar.gz", "url": "f-2.tar.gz", "hashes": {}},
+    ]
+    doc = json.dumps({"meta": {"api-version": "1.0"}, "name": "f", "files": entries})
+    skipped.clear()
+    page = parse_project_json(doc.encode(), PAGE_URL, "f", on_skip=skipped.append)
+    assert [d.filename for d in page.files] == ["f-2.tar.gz"]
+    assert skipped == ["scheme"]

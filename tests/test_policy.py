@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from pipgate.config.values import parse_project_patterns
 from pipgate.errors import Reason, UpstreamError
-from pipgate.policy import Policy
+from pipgate.failures import FailureReporter
+from pipgate.metrics import Metrics
+from pipgate.pages.deny import DenyList
 from tests.conftest import GateFactory
 from tests.support.links import file_path
 from tests.support.packages import sample_tree
+from tests.support.sources import StaticSource, dist
 
 
 @pytest.mark.parametrize(
@@ -16,23 +20,27 @@ from tests.support.packages import sample_tree
     [
         (("evil-pkg",), "evil-pkg", True),
         (("Evil_Pkg",), "evil-pkg", True),  # the list is normalised like requests
-        (("evil-*",), "evil-thing", True),
+        (("evil_*",), "evil-thing", True),
         (("evil-*",), "not-evil", False),
         (("col?ur",), "colour", True),
         ((), "anything", False),
     ],
 )
-def test_policy_matches_normalised_names_and_patterns(
+async def test_deny_list_matches_normalised_names_and_patterns(
     deny: tuple[str, ...], project: str, denied: bool
 ) -> None:
-    policy = Policy(deny)
+    inner = StaticSource("pypi", {project: [dist(f"{project}-1.0.tar.gz")]})
+    source = DenyList(inner, parse_project_patterns(list(deny)), FailureReporter(Metrics()))
     if denied:
         with pytest.raises(UpstreamError) as caught:
-            policy.check(project)
+            await source.project(project)
         assert caught.value.reason is Reason.POLICY
         assert caught.value.client_status == 403
+        with pytest.raises(UpstreamError):
+            await source.find_file(project, "k", f"{project}-1.0.tar.gz")
+        assert inner.calls == []  # the source below never hears of it
     else:
-        policy.check(project)
+        assert (await source.project(project)).page is not None
 
 
 async def test_denied_project_pages_and_cached_files_are_refused(make_gate: GateFactory) -> None:

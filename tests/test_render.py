@@ -70,7 +70,7 @@ FULL_PAGE = ProjectPage(
         _file("foo-1.1-py3-none-any.whl", hashes={"sha256": SHA}, yanked=True, size=11),
         _file(
             "foo-1.2.tar.gz",
-            hashes={"md5": "00ff"},
+            hashes={"md5": "00ff" * 8},
             yanked='broken <3 & "bad"',
             core_metadata=True,
             gpg_sig=True,
@@ -410,7 +410,13 @@ def test_pypi_simple_reads_our_json() -> None:
 
 _TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
 _NONEMPTY = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=20)
-_HEXDIGEST = st.text("0123456789abcdefABCDEF", min_size=1, max_size=64)
+#: Hex digests of the right length for their algorithm (others are parsed as no hash).
+_HEX_LENGTH = {"sha256": 64, "sha512": 128, "md5": 32, "blake2b": 128}
+
+
+def _hexdigest(name: str) -> st.SearchStrategy[str]:
+    size = _HEX_LENGTH[name]
+    return st.text("0123456789abcdefABCDEF", min_size=size, max_size=size)
 _FILENAME = _NONEMPTY.filter(lambda s: s not in (".", "..") and not set(s) & set("/\\\x00"))
 _DATA_KEY = st.from_regex(r"data-[a-z0-9_.:-]{1,10}", fullmatch=True).filter(
     lambda k: k not in KNOWN_HTML_ATTRS
@@ -424,9 +430,11 @@ def _html_file(draw: st.DrawFn) -> DistFile:
     hash_name = draw(st.sampled_from(["sha256", "sha512", "md5", "blake2b"]))
     return _file(
         filename,
-        hashes=draw(st.one_of(st.just({}), _HEXDIGEST.map(lambda h: {hash_name: h}))),
+        hashes=draw(st.one_of(st.just({}), _hexdigest(hash_name).map(lambda h: {hash_name: h}))),
         requires_python=draw(st.none() | _TEXT),
-        core_metadata=draw(st.sampled_from([None, True]) | _HEXDIGEST.map(lambda h: {"sha256": h})),
+        core_metadata=draw(
+            st.sampled_from([None, True]) | _hexdigest("sha256").map(lambda h: {"sha256": h})
+        ),
         gpg_sig=draw(st.sampled_from([None, True, False])),
         yanked=draw(st.sampled_from([False, True]) | _NONEMPTY),
         size=draw(st.none() | st.integers(0, 10**15)),

@@ -49,7 +49,7 @@ def snapshot(
 ) -> StatusSnapshot:
     return StatusSnapshot(
         version="1.2.3",
-        upstream=upstream or PYPI,
+        upstreams=(upstream or PYPI,),
         cache=cache or CacheStatus(),
         failures=failures,
         index_url=index_url,
@@ -233,12 +233,12 @@ def test_cache_numbers_come_from_the_exposition() -> None:
     metrics.initialise("pypi.org")
     for result in ("hit", "hit", "hit", "miss"):
         metrics.cache("file", result)
-    metrics.cache("index", "stale")
+    metrics.cache("page", "stale")
     metrics.cache_size.set(3 << 20)
     metrics.cache_files.set(7)
     cache = cache_numbers(metrics.render().decode(), max_size=1 << 30)
     assert cache.requests["file"] == {**dict.fromkeys(CACHE_RESULTS, 0), "hit": 3, "miss": 1}
-    assert cache.requests["index"]["stale"] == 1
+    assert cache.requests["page"]["stale"] == 1
     assert (cache.size, cache.files, cache.max_size) == (3 << 20, 7, 1 << 30)
     page = render_status(snapshot(cache=cache))
     assert "3.0 MB" in page and "1.0 GB" in page and "75.0%" in page
@@ -374,7 +374,7 @@ async def test_headless_chromium_renders_the_status_page_with_its_data(
     # A hostile value in the log must reach the browser as text, not as markup.
     svc = gate.app[SERVICES]
     await svc.failures.record(
-        Failure(time=time.time(), reason="http_5xx", detail=HOSTILE, upstream=svc.client.name)
+        Failure(time=time.time(), reason="http_5xx", detail=HOSTILE, upstream=svc.upstreams.names[0])
     )
     exposition = await (await gate.get("/metrics")).text()
     hits = metric_value(exposition, "pipgate_cache_requests_total", kind="file", result="hit")
@@ -390,7 +390,7 @@ async def test_headless_chromium_renders_the_status_page_with_its_data(
 
     dom = dom_bytes.decode()
     assert f"version {__version__}" in dom
-    assert svc.client.name in dom  # the upstream, 127.0.0.1:<port>
+    assert svc.upstreams.names[0] in dom  # the upstream, 127.0.0.1:<port>
     assert '<span class="badge up">up</span>' in dom
     assert "hash_mismatch" in dom and ">gamma<" in dom and GAMMA in dom
     assert '<b class="big">2</b>' in dom  # files cached: alpha and beta, never gamma

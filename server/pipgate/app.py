@@ -1,4 +1,9 @@
-"""Builds the aiohttp application: services, routes, middlewares, start-up and shutdown."""
+"""Builds the aiohttp application: services, routes, middlewares, start-up and shutdown.
+
+The page pipeline is assembled here, innermost first: one
+:class:`~pipgate.pages.upstream.UpstreamPages` per configured upstream, the
+:class:`~pipgate.pages.router.Router` over them, then the filters that wrap it.
+"""
 
 from __future__ import annotations
 
@@ -11,23 +16,43 @@ from pathlib import Path
 from aiohttp import web
 
 from pipgate.config import Config
-from pipgate.failures import FailureLog
-from pipgate.file_service import FileService
-from pipgate.index_service import IndexService
+from pipgate.failures import FailureLog, FailureReporter
+from pipgate.files.service import FileService
 from pipgate.metrics import Metrics
-from pipgate.page_render import PageRenderer
-from pipgate.root_list import RootListService
+from pipgate.pages.bodies import ListRenderer, PageRenderer
+from pipgate.pages.deny import NO_UPSTREAM, DenyList
+from pipgate.pages.router import Router
+from pipgate.pages.routing import RoutingTable
+from pipgate.pages.source import PageSource
+from pipgate.pages.upstream import UpstreamPages
 from pipgate.store.blobs import BlobStore
+from pipgate.store.catalog import Catalog
 from pipgate.store.downloads import DownloadManager
 from pipgate.store.evict import Evictor
-from pipgate.store.index import Index
 from pipgate.store.integrity import Scrubber
 from pipgate.store.reconcile import reconcile
-from pipgate.upstream.client import UpstreamClient
+from pipgate.upstream.registry import Upstreams
 from pipgate.web import files, middleware, ops, pages
 from pipgate.web.state import SERVICES, Services
 
 log = logging.getLogger("pipgate")
+
+
+def build_pages(
+    config: Config,
+    upstreams: Upstreams,
+    catalog: Catalog,
+    metrics: Metrics,
+    reporter: FailureReporter,
+) -> PageSource:
+    """The page pipeline for ``config``."""
+    sources = {
+        client.name: UpstreamPages(config, client, catalog, metrics, reporter)
+        for client in upstreams
+    }
+    table = RoutingTable(upstreams.names, config.routes)
+    routed = Router(sources, table, config.cache_dir / "lists" / "union", metrics)
+    return DenyList(routed, config.deny, reporter)
 
 
 def create_app(
@@ -45,31 +70,34 @@ def create_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         metrics = Metrics(multiprocess_dir)
         metrics.cache_max_size.set(config.max_size)
+        metrics.initialise_policy(NO_UPSTREAM)
         blobs = BlobStore(config.cache_dir)
         if reconcile_cache:
             await asyncio.to_thread(reconcile, config.cache_dir)
         else:
             await asyncio.to_thread(blobs.ensure_dirs)
-        index = Index(config.cache_dir)
+        catalog = Catalog(config.cache_dir)
         failures = FailureLog(config.cache_dir)
-        client = UpstreamClient(config, metrics, failures)
-        await client.start()
-        downloads = DownloadManager(blobs, client, metrics)
-        evictor = Evictor(index, blobs, config.max_size, metrics)
+        reporter = FailureReporter(metrics, failures)
+        upstreams = Upstreams(config, metrics)
+        await upstreams.start()
+        downloads = DownloadManager(blobs, metrics)
+        evictor = Evictor(catalog, blobs, config.max_size, metrics)
         evictor.request()  # sets the size gauges, evicts if max_size shrank
-        scrubber = Scrubber(config.cache_dir, index, blobs, metrics, config.scrub_rate)
+        scrubber = Scrubber(config.cache_dir, catalog, blobs, metrics, config.scrub_rate)
         scrub_task = asyncio.create_task(scrubber.run(), name="scrub")
-        index_service = IndexService(config, index, client, metrics)
-        root = RootListService(config, index, client, metrics)
+        page_source = build_pages(config, upstreams, catalog, metrics, reporter)
         app[SERVICES] = Services(
             config=config,
             metrics=metrics,
-            client=client,
-            pages=index_service,
-            root=root,
-            files=FileService(index, blobs, downloads, index_service, client, metrics, evictor),
+            upstreams=upstreams,
+            pages=page_source,
+            files=FileService(
+                page_source, upstreams, catalog, blobs, downloads, metrics, evictor, reporter
+            ),
             blobs=blobs,
             renderer=PageRenderer(),
+            lists=ListRenderer(config.cache_dir / "pages"),
             evictor=evictor,
             failures=failures,
         )
@@ -81,9 +109,10 @@ def create_app(
                 await scrub_task
             await downloads.close()
             await evictor.close()
-            await root.close()
-            await client.close()
-            index.close()
+            await page_source.close()
+            await upstreams.close()
+            await reporter.drain()
+            catalog.close()
             failures.close()
 
     app.cleanup_ctx.append(lifecycle)

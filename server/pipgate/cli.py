@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument(
         "--project", default="pip", help="project whose page and smallest file are fetched"
     )
+    doctor.add_argument(
+        "--upstream-name",
+        metavar="NAME",
+        help="check only the upstream with this name (default: each in turn)",
+    )
     return parser
 
 
@@ -85,13 +90,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "verify":
         return verify(config, repair=args.repair, as_json=args.json)
     if args.command == "doctor":
-        return doctor(config, project=args.project, as_json=args.json)
+        return doctor(
+            config, project=args.project, upstream=args.upstream_name, as_json=args.json
+        )
     return 2
 
 
-def doctor(config: Config, *, project: str, as_json: bool) -> int:
+def doctor(config: Config, *, project: str, upstream: str | None, as_json: bool) -> int:
     """``pipgate doctor``: 0 when every step of the path works, 1 otherwise."""
-    steps = asyncio.run(run_doctor(config, project=project))
+    steps = asyncio.run(run_doctor(config, project=project, upstream=upstream))
     if as_json:
         print(json.dumps({"ok": succeeded(steps), "steps": [s.to_json() for s in steps]}, indent=2))
     else:
@@ -134,11 +141,11 @@ def serve(config: Config) -> int:
         print(f"pipgate: cache.dir {config.cache_dir}: cannot create ({exc})", file=sys.stderr)
         return 2
     log.info(
-        "pipgate %s on http://%s:%d/simple/ upstream=%s cache=%s workers=%d",
+        "pipgate %s on http://%s:%d/simple/ upstreams=%s cache=%s workers=%d",
         __version__,
         config.host,
         config.port,
-        redact_url(config.upstream),
+        ", ".join(f"{u.name}={redact_url(u.url)}" for u in config.upstreams),
         config.cache_dir,
         config.workers,
     )

@@ -20,13 +20,15 @@ import time
 from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
 
-from pipgate.config import Config
+from pipgate.config import Config, UpstreamConfig, origin_of
 from pipgate.errors import Reason, UpstreamError
 from pipgate.links import is_safe_filename
 from pipgate.metrics import Metrics
 from pipgate.redact import redact_url
+from pipgate.simple.model import ProjectPage
 from pipgate.simple.parse import PageParseError, parse_project_html, parse_project_json
 from pipgate.upstream.client import UpstreamClient, build_ssl_context
+from pipgate.upstream.origins import keep_allowed_files
 from pipgate.upstream.proxy import Proxy
 
 #: Below this much free space the cache cannot hold a typical large wheel.
@@ -58,28 +60,49 @@ class Step:
         return asdict(self)
 
 
-async def run_doctor(config: Config, *, project: str = "pip") -> list[Step]:
-    """Every check, in the order a download needs them; stops early when the path is
-    already known to be broken (later checks would only repeat the failure)."""
+async def run_doctor(
+    config: Config, *, project: str = "pip", upstream: str | None = None
+) -> list[Step]:
+    """Every check, in the order a download needs them, for each upstream in turn (or
+    the one called ``upstream``); an upstream's checks stop early once its path is known
+    to be broken (later checks would only repeat the failure)."""
     steps: list[Step] = [
         Step("config", True, f"loaded from {config.config_file or 'defaults and environment'}")
     ]
     steps.append(_check_cache(config))
-    if not config.verify:
+    slices = [u for u in config.upstreams if upstream is None or u.name == upstream]
+    if not slices:
+        names = ", ".join(u.name for u in config.upstreams)
+        steps.append(
+            Step("upstream", False, f"no upstream is called {upstream!r}", f"configured: {names}")
+        )
+        return steps
+    several = len(config.upstreams) > 1
+    for one in slices:
+        checks = await _check_upstream(one, project)
+        if several:
+            for step in checks:
+                step.name = f"{one.name}: {step.name}"
+        steps.extend(checks)
+    return steps
+
+
+async def _check_upstream(upstream: UpstreamConfig, project: str) -> list[Step]:
+    steps: list[Step] = []
+    if not upstream.verify:
         steps.append(
             Step(
                 "tls verification",
                 False,
-                "upstream.verify = false: certificates are not checked",
-                "remove upstream.verify = false and set upstream.ca_bundle to your CA instead",
+                "verify = false: certificates are not checked",
+                "remove verify = false and set ca_bundle to your CA instead",
             )
         )
-    metrics = Metrics()
-    client = UpstreamClient(config, metrics)
-    upstream = urlsplit(config.upstream)
-    host = upstream.hostname or ""
-    port = upstream.port or (443 if upstream.scheme == "https" else 80)
-    proxy = client.proxies.for_url(config.upstream)[0]
+    client = UpstreamClient(upstream, Metrics())
+    parts = urlsplit(upstream.url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = client.proxies.for_url(upstream.url)[0]
     if proxy is None:
         steps.append(await _check_dns(host, port, "upstream"))
         if not steps[-1].ok:
@@ -87,8 +110,8 @@ async def run_doctor(config: Config, *, project: str = "pip") -> list[Step]:
         steps.append(await asyncio.to_thread(_check_tcp, host, port, "upstream"))
         if not steps[-1].ok:
             return steps
-        if upstream.scheme == "https":
-            steps.append(await asyncio.to_thread(_check_tls, config, host, port, None))
+        if parts.scheme == "https":
+            steps.append(await asyncio.to_thread(_check_tls, upstream, host, port, None))
     else:
         proxy_parts = urlsplit(proxy.url)
         proxy_host = proxy_parts.hostname or ""
@@ -99,15 +122,16 @@ async def run_doctor(config: Config, *, project: str = "pip") -> list[Step]:
         upstream_dns = await _check_dns(host, port, "upstream")
         if not upstream_dns.ok:
             # Behind a proxy that is normal: the proxy resolves external names.
-            upstream_dns = Step("dns upstream", True,
-                                f"{host} does not resolve here; the proxy resolves it")
+            upstream_dns = Step(
+                "dns upstream", True, f"{host} does not resolve here; the proxy resolves it"
+            )
         steps.append(upstream_dns)
         steps.append(await asyncio.to_thread(_check_tcp, proxy_host, proxy_port, "proxy"))
         if not steps[-1].ok:
             return steps
-        if upstream.scheme == "https":
-            steps.append(await asyncio.to_thread(_check_tls, config, host, port, proxy))
-    if not steps[-1].ok:
+        if parts.scheme == "https":
+            steps.append(await asyncio.to_thread(_check_tls, upstream, host, port, proxy))
+    if steps and not steps[-1].ok:
         return steps
     await client.start()
     try:
@@ -183,7 +207,7 @@ def _check_tcp(host: str, port: int, what: str) -> Step:
     )
 
 
-def _check_tls(config: Config, host: str, port: int, proxy: Proxy | None) -> Step:
+def _check_tls(upstream: UpstreamConfig, host: str, port: int, proxy: Proxy | None) -> Step:
     """CONNECT through ``proxy`` when given, then a TLS handshake with verification."""
     started = time.monotonic()
     try:
@@ -205,7 +229,7 @@ def _check_tls(config: Config, host: str, port: int, proxy: Proxy | None) -> Ste
             "tls", False, f"cannot reach {host}:{port}: {exc}", None, time.monotonic() - started
         )
     try:
-        context = build_ssl_context(config)
+        context = build_ssl_context(upstream)
         with context.wrap_socket(sock, server_hostname=host) as tls:
             version = tls.version()
     except ssl.SSLCertVerificationError as exc:
@@ -298,7 +322,9 @@ def _peer_issuer(proxy: Proxy | None, host: str, port: int) -> str:
     return str(issuer.get("commonName") or issuer.get("organizationName") or "unknown")
 
 
-async def _check_page(client: UpstreamClient, project: str) -> tuple[Step, object | None]:
+async def _check_page(
+    client: UpstreamClient, project: str
+) -> tuple[Step, ProjectPage | None]:
     url = client.project_url(project)
     started = time.monotonic()
     try:
@@ -332,14 +358,25 @@ async def _check_page(client: UpstreamClient, project: str) -> tuple[Step, objec
             "something on the path (a captive portal, an error page) answers instead",
             elapsed,
         ), None
+    kept, dropped = keep_allowed_files(page, client.origins)
+    if dropped:
+        foreign = sorted({origin_of(f.url) for f in page.files} - set(client.config.file_origins))
+        return Step(
+            f"index page {project}",
+            False,
+            f"{dropped} of {len(page.files)} file links point to {', '.join(foreign)}, "
+            "which is not among this upstream's file hosts; pipgate drops them",
+            "if you trust that host, add it to file_hosts of this upstream",
+            elapsed,
+        ), (kept if kept.files else None)
     detail = f"{redact_url(url)}: {len(page.files)} files, {len(fetched.body)} bytes"
     return Step(f"index page {project}", True, detail, None, elapsed), page
 
 
-async def _check_file(client: UpstreamClient, page: object) -> Step:
+async def _check_file(client: UpstreamClient, page: ProjectPage) -> Step:
     files = [
         f
-        for f in getattr(page, "files", ())
+        for f in page.files
         if f.sha256 and is_safe_filename(f.filename) and (f.size or 0) <= MAX_PROBE_FILE
     ]
     if not files:
@@ -354,8 +391,8 @@ async def _check_file(client: UpstreamClient, page: object) -> Step:
     digest = hashlib.sha256()
     received = 0
     try:
-        async with client.open_file(dist.url) as resp:
-            async for chunk in resp.content.iter_chunked(1 << 16):
+        async with client.open_file(dist.url) as stream:
+            async for chunk in stream.chunks():
                 digest.update(chunk)
                 received += len(chunk)
                 if received > MAX_PROBE_FILE:

@@ -31,6 +31,9 @@ class Reason(StrEnum):
     TOO_LARGE = "too_large"
     DISK_FULL = "disk_full"
     BAD_PAGE = "bad_page"
+    #: A redirect to an origin outside the upstream's ``file_hosts``, from https to
+    #: http, or too many of them.
+    REDIRECT = "redirect"
     POLICY = "policy"
     OTHER = "other"
 

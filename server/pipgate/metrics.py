@@ -20,9 +20,13 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from pipgate import __version__
 from pipgate.errors import Reason
 
-CACHE_KINDS = ("index", "file", "metadata")
+#: What a cache look-up was for: a project page or the project list, a file, its
+#: PEP 658 metadata.
+CACHE_KINDS = ("page", "file", "metadata")
 CACHE_RESULTS = ("hit", "miss", "stale", "revalidated", "bypass")
 UPSTREAM_KINDS = ("page", "root", "metadata", "file")
+#: Why a file link was left out of an upstream's page.
+LINK_DROP_CAUSES = ("scheme", "origin")
 #: Route templates of the web layer (``route`` label values).
 ROUTES = (
     "landing",
@@ -59,7 +63,7 @@ class Metrics:
         )
         self.cache_requests = Counter(
             "pipgate_cache_requests",
-            "Cache look-ups by kind (index, file, metadata) and result.",
+            "Cache look-ups by kind (page, file, metadata) and result.",
             ["kind", "result"],
             registry=r,
         )
@@ -143,6 +147,20 @@ class Metrics:
             ["upstream"],
             registry=r,
         )
+        self.links_dropped = Counter(
+            "pipgate_links_dropped",
+            "File links left out of upstream pages: not http(s) (scheme), or on an origin "
+            "outside the upstream's file_hosts (origin).",
+            ["upstream", "cause"],
+            registry=r,
+        )
+        self.merge_conflicts = Counter(
+            "pipgate_merge_conflicts",
+            "Files of a merge route dropped because an earlier upstream offers the same "
+            "filename with other contents (labelled by the upstream whose file was dropped).",
+            ["upstream"],
+            registry=r,
+        )
         self.upstream_up = Gauge(
             "pipgate_upstream_up",
             "1 while the upstream answers, 0 while it is marked down.",
@@ -183,6 +201,13 @@ class Metrics:
         for kind in UPSTREAM_KINDS:
             self.upstream_duration.labels(upstream=upstream, kind=kind)
             self.upstream_requests.labels(upstream=upstream, kind=kind, outcome="ok")
+        for cause in LINK_DROP_CAUSES:
+            self.links_dropped.labels(upstream=upstream, cause=cause)
+        self.merge_conflicts.labels(upstream=upstream)
+
+    def initialise_policy(self, label: str) -> None:
+        """The series of policy refusals, which no upstream was asked about."""
+        self.download_failures.labels(upstream=label, reason=Reason.POLICY.value)
 
     def failure(self, upstream: str, reason: Reason) -> None:
         """Count one failed upstream fetch."""

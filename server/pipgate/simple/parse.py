@@ -13,6 +13,7 @@ import hashlib
 import html
 import json
 import re
+from collections.abc import Callable
 from html.parser import HTMLParser
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import unquote, urljoin, urlsplit
@@ -46,9 +47,30 @@ class PageParseError(ValueError):
 # ---------------------------------------------------------------------------------------
 # Shared helpers
 
-#: PEP 503: the fragment's hash name is one of hashlib's guaranteed algorithms.
-_HASH_NAMES = frozenset(hashlib.algorithms_guaranteed)
+#: PEP 503: the fragment's hash name is one of hashlib's guaranteed algorithms; its
+#: value is the hex digest, of the algorithm's length (shake_* have none and are out).
+_HEX_LENGTHS = {
+    name: hashlib.new(name).digest_size * 2
+    for name in hashlib.algorithms_guaranteed
+    if not name.startswith("shake_")
+}
 _HEX = re.compile(r"[0-9a-fA-F]+\Z")
+
+#: Causes passed to ``on_skip`` for a file entry that is left out.
+SKIP_SCHEME = "scheme"
+SkipCallback = Callable[[str], None]
+
+
+def is_valid_hash(name: str, digest: str) -> bool:
+    """Whether ``digest`` is hex of the right length for hash algorithm ``name``.
+
+    A hash of any other shape is no hash at all: pipgate would otherwise key, or
+    "verify", files by a value that can never match.
+    """
+    length = _HEX_LENGTHS.get(name.lower())
+    return length is not None and len(digest) == length and _HEX.match(digest) is not None
+
+
 _DIGITS = re.compile(r"[0-9]{1,19}\Z")
 #: ``data-*`` attribute names that may be passed through into our HTML verbatim.
 _DATA_ATTR = re.compile(r"data-[a-z0-9_.:-]+\Z")
@@ -161,8 +183,13 @@ class _BadEntry(Exception):
     """A file entry with a wrong-typed field that decides what gets installed."""
 
 
-def parse_project_json(body: bytes, page_url: str, name: str) -> ProjectPage:
-    """Parse a PEP 691 project page; ``name`` is the normalised name pipgate asked for."""
+def parse_project_json(
+    body: bytes, page_url: str, name: str, *, on_skip: SkipCallback | None = None
+) -> ProjectPage:
+    """Parse a PEP 691 project page; ``name`` is the normalised name pipgate asked for.
+
+    ``on_skip`` hears of each file entry left out because its URL is not http(s).
+    """
     data = _load_json_object(body)
     meta = data.get("meta", {})
     if not isinstance(meta, dict):
@@ -182,7 +209,7 @@ def parse_project_json(body: bytes, page_url: str, name: str) -> ProjectPage:
     files: list[DistFile] = []
     for entry in raw_files:
         try:
-            dist = _json_file(entry, page_url)
+            dist = _json_file(entry, page_url, on_skip)
         except _BadEntry:
             continue
         if dist is not None:
@@ -205,7 +232,7 @@ def parse_project_json(body: bytes, page_url: str, name: str) -> ProjectPage:
     )
 
 
-def _json_file(entry: object, page_url: str) -> DistFile | None:
+def _json_file(entry: object, page_url: str, on_skip: SkipCallback | None) -> DistFile | None:
     """One ``files`` entry.
 
     Fields that decide what gets installed (filename, url, hashes, requires-python,
@@ -219,7 +246,11 @@ def _json_file(entry: object, page_url: str) -> DistFile | None:
     if not isinstance(filename, str) or not isinstance(href, str):
         return None
     url = _resolve(page_url, href)  # PEP 691: relative URLs resolve like HTML's
-    if url is None or not _safe_filename(filename):
+    if url is None:
+        if on_skip is not None:
+            on_skip(SKIP_SCHEME)
+        return None
+    if not _safe_filename(filename):
         return None
     return DistFile(
         filename=filename,
@@ -241,7 +272,9 @@ def _json_hashes(value: object) -> dict[str, str]:
         return {}
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise _BadEntry
-    return dict(value)  # byte-identical: names and digests exactly as given
+    # Byte-identical names and digests; a known algorithm's malformed digest is dropped,
+    # names pipgate does not know are passed through for clients that do.
+    return {k: v for k, v in value.items() if k.lower() not in _HEX_LENGTHS or is_valid_hash(k, v)}
 
 
 def _strict_str(value: object) -> str | None:
@@ -270,7 +303,13 @@ def _json_core_metadata(entry: dict[str, Any]) -> CoreMetadata:
         if isinstance(value, bool):
             return value
         if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
-            return dict(value)
+            hashes = {
+                k: v
+                for k, v in value.items()
+                if k.lower() not in _HEX_LENGTHS or is_valid_hash(k, v)
+            }
+            # A metadata file whose published hashes are all malformed: it exists.
+            return hashes or (True if value else {})
         # Wrong type: try the next name; metadata is only an optimisation for clients.
     return None
 
@@ -290,7 +329,6 @@ def _opt(value: object, kind: type[_T]) -> _T | None:
 
 # ---------------------------------------------------------------------------------------
 # Project page, HTML (PEP 503 + 592/629/658/714/740/792, uv's data-size/upload-time)
-
 
 
 class _ProjectHtmlParser(_TolerantHTMLParser):
@@ -330,8 +368,13 @@ class _ProjectHtmlParser(_TolerantHTMLParser):
             self._text.append(data)
 
 
-def parse_project_html(body: bytes, page_url: str, name: str) -> ProjectPage:
-    """Parse a PEP 503 HTML project page; ``name`` is the normalised name requested."""
+def parse_project_html(
+    body: bytes, page_url: str, name: str, *, on_skip: SkipCallback | None = None
+) -> ProjectPage:
+    """Parse a PEP 503 HTML project page; ``name`` is the normalised name requested.
+
+    ``on_skip`` hears of each link left out because its URL is not http(s).
+    """
     parser = _ProjectHtmlParser()
     try:
         parser.feed(_decode_html(body))
@@ -349,7 +392,7 @@ def parse_project_html(body: bytes, page_url: str, name: str) -> ProjectPage:
     files = tuple(
         dist
         for attrs, text in parser.anchors
-        if (dist := _html_file(attrs, "".join(text), base)) is not None
+        if (dist := _html_file(attrs, "".join(text), base, on_skip)) is not None
     )
     # PEP 792 HTML: pypi:project-status / pypi:project-status-reason meta tags.
     project_status: dict[str, Any] = {}
@@ -365,12 +408,16 @@ def parse_project_html(body: bytes, page_url: str, name: str) -> ProjectPage:
     )
 
 
-def _html_file(attrs: dict[str, str | None], text: str, base: str) -> DistFile | None:
+def _html_file(
+    attrs: dict[str, str | None], text: str, base: str, on_skip: SkipCallback | None
+) -> DistFile | None:
     href = attrs.get("href")
     if not href or not href.strip():
         return None
     url = _resolve(base, href)
     if url is None:
+        if on_skip is not None:
+            on_skip(SKIP_SCHEME)
         return None
     # PEP 503: the filename is the URL's last path segment (pip and uv read it there).
     filename = unquote(urlsplit(url).path.rpartition("/")[2]) or text.strip()
@@ -410,7 +457,7 @@ def _fragment_hashes(fragment: str) -> dict[str, str]:
     for part in fragment.split("&"):
         hash_name, eq, digest = part.partition("=")
         hash_name = hash_name.lower()  # PEP 503: hash names are lowercase
-        if eq and hash_name in _HASH_NAMES and _HEX.match(digest):
+        if eq and is_valid_hash(hash_name, digest):
             hashes.setdefault(hash_name, digest)
     return hashes
 
@@ -425,6 +472,8 @@ def _html_core_metadata(value: str | None) -> CoreMetadata:
     if value.lower() == "false":
         return False
     hashes = _fragment_hashes(value)
+    if not hashes and "=" in value:
+        return True  # advertised, but with no usable hash
     return hashes or None
 
 

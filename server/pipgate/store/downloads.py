@@ -13,6 +13,10 @@ whose owner changed, so earlier bytes may differ) is aborted.
 
 When the cache cannot take the file (disk full, read-only), :class:`PassThrough`
 streams it straight from upstream to one client, verified the same way, not cached.
+
+The store knows nothing of HTTP: bytes come from a :data:`Fetch`, an async context
+manager giving a :class:`Body` (the upstream layer's resuming file stream), and
+failures go to the ``on_failure`` callback the caller injects.
 """
 
 from __future__ import annotations
@@ -26,18 +30,15 @@ import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from enum import Enum
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-import aiohttp
-
-from pipgate.errors import Reason, UpstreamError, classify, reason_for_status
+from pipgate.errors import Reason, UpstreamError, classify
 from pipgate.metrics import Metrics
-from pipgate.redact import redact_url
 from pipgate.store.blobs import VERIFIABLE, BlobStore, BlobWriter, Committed, IntegrityError
 from pipgate.store.locks import DownloadLock
-from pipgate.upstream.client import UpstreamClient
 
 log = logging.getLogger("pipgate.downloads")
 
@@ -48,10 +49,6 @@ FOLLOW_POLL = 0.02
 FOLLOW_START_TIMEOUT = 60.0
 #: After a disk-full or unwritable-cache error, new downloads pass through this long.
 DEGRADED_SECONDS = 60.0
-#: How many times one download is resumed after its connection broke.
-MAX_RESUMES = 5
-#: Causes after which a download is resumed from the byte it reached.
-RESUMABLE = frozenset({Reason.TRUNCATED, Reason.TIMEOUT, Reason.CONNECT, Reason.OTHER})
 #: Free space kept beyond a file's size before caching it.
 FREE_SPACE_RESERVE = 64 << 20
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -65,6 +62,20 @@ class State(Enum):
 
 
 OnCommit = Callable[[Committed], Awaitable[None]]
+OnFailure = Callable[[UpstreamError], None]
+
+
+class Body(Protocol):
+    """The bytes of one file as the upstream layer delivers them."""
+
+    #: Declared total size, if any.
+    size: int | None
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+
+#: Opens the file's :class:`Body` (raises :class:`UpstreamError`).
+Fetch = Callable[[], AbstractAsyncContextManager[Body]]
 
 
 class Readable(Protocol):
@@ -86,28 +97,26 @@ class Download:
         self,
         *,
         key: str,
-        url: str,
+        fetch: Fetch,
         expected: Mapping[str, str],
         expected_size: int | None,
         store: BlobStore,
-        client: UpstreamClient,
         metrics: Metrics,
         on_commit: OnCommit,
+        on_failure: OnFailure,
         on_unavailable: Callable[[Reason], None],
-        project: str | None = None,
-        filename: str | None = None,
+        label: str = "",
     ) -> None:
         self.key = key
-        self.url = url
-        #: For failure reports (``/-/failures``); never metric labels.
-        self.project = project
-        self.filename = filename
+        #: What the logs call this download (``project/filename``).
+        self.label = label or key
+        self._fetch_body = fetch
         self._expected = dict(expected)
         self._expected_size = expected_size
         self._store = store
-        self._client = client
         self._metrics = metrics
         self._on_commit = on_commit
+        self._on_failure = on_failure
         self._on_unavailable = on_unavailable
         self.state = State.RUNNING
         self.error: UpstreamError | None = None
@@ -214,7 +223,7 @@ class Download:
         except UpstreamError as exc:
             self._fail(exc, count=self.owner)
         except Exception as exc:  # every cause must reach the readers
-            log.exception("download of %s failed unexpectedly", redact_url(self.url))
+            log.exception("download of %s failed unexpectedly", self.label)
             self._fail(UpstreamError(classify(exc), f"{type(exc).__name__}: {exc}"))
         finally:
             if self.owner:
@@ -233,55 +242,23 @@ class Download:
         token = uuid.uuid4().hex
         await asyncio.to_thread(lock.write_state, {})
         writer: BlobWriter | None = None
-        validator: str | None = None
-        resumes = 0
         self._metrics.inflight_downloads.inc()
         try:
-            while True:
-                offset = writer.written if writer is not None else 0
-                try:
-                    async with self._client.open_file(
-                        self.url, offset=offset, validator=validator
-                    ) as resp:
-                        if writer is None:
-                            size = resp.content_length
-                            if size is None:
-                                size = self._expected_size
-                            writer = await self._open_writer(size)
-                            validator = _strong_validator(resp)
-                            self.size = size
-                            state = {"token": token, "state": "running", "size": size}
-                            await asyncio.to_thread(lock.write_state, state)
-                            self._started.set()
-                            skip = 0
-                        else:
-                            skip = _resume_skip(resp, offset)
-                        await self._copy_body(resp, writer, skip)
-                    if self.size is not None and writer.written < self.size:
-                        raise UpstreamError(
-                            Reason.TRUNCATED,
-                            f"body ended after {writer.written} of {self.size} bytes",
-                        )
-                    break
-                except UpstreamError as exc:
-                    if (
-                        writer is None
-                        or writer.written == 0
-                        or exc.reason not in RESUMABLE
-                        or resumes >= MAX_RESUMES
-                    ):
-                        raise
-                    resumes += 1
-                    self._metrics.download_resumes.labels(upstream=self._client.name).inc()
-                    log.warning(
-                        "download of %s broke at byte %d (%s); resuming with Range (%d/%d)",
-                        redact_url(self.url),
-                        writer.written,
-                        exc.reason.value,
-                        resumes,
-                        MAX_RESUMES,
-                    )
-                    await asyncio.sleep(min(2.0, 0.1 * 2**resumes))
+            async with self._fetch_body() as body:
+                size = body.size if body.size is not None else self._expected_size
+                writer = await self._open_writer(size)
+                self.size = size
+                state = {"token": token, "state": "running", "size": size}
+                await asyncio.to_thread(lock.write_state, state)
+                self._started.set()
+                async for chunk in body.chunks():
+                    await self._write(writer, chunk)
+                    self.written = writer.written
+                    self._notify()
+            if self.size is not None and writer.written < self.size:
+                raise UpstreamError(
+                    Reason.TRUNCATED, f"body ended after {writer.written} of {self.size} bytes"
+                )
             try:
                 committed = await asyncio.to_thread(writer.commit)
             except IntegrityError as exc:
@@ -305,31 +282,12 @@ class Download:
             if writer is not None:
                 await asyncio.to_thread(writer.discard)
 
-    async def _copy_body(
-        self, resp: aiohttp.ClientResponse, writer: BlobWriter, skip: int
-    ) -> None:
-        """Append the response body to the temp file, dropping its first ``skip`` bytes
-        (an upstream that ignored our Range resends the whole file)."""
-        fetched = self._metrics.bytes_fetched.labels(upstream=self._client.name)
-        async for chunk in resp.content.iter_chunked(CHUNK):
-            fetched.inc(len(chunk))
-            if skip:
-                if len(chunk) <= skip:
-                    skip -= len(chunk)
-                    continue
-                chunk, skip = chunk[skip:], 0
-            await self._write(writer, chunk)
-            self.written = writer.written
-            self._notify()
-
     async def _open_writer(self, size: int | None) -> BlobWriter:
         free = await asyncio.to_thread(self._store.free_bytes)
         if size is not None and free < size + FREE_SPACE_RESERVE:
             raise self._storage_error(OSError(errno.ENOSPC, "not enough free space"))
         try:
-            return await asyncio.to_thread(
-                self._store.writer, self._expected, size, self.temp_path
-            )
+            return await asyncio.to_thread(self._store.writer, self._expected, size, self.temp_path)
         except OSError as exc:
             raise self._storage_error(exc) from exc
 
@@ -408,9 +366,9 @@ class Download:
         self.state = State.FAILED
         self.error = error
         if count:
-            self._client.report_failure(error, project=self.project, file=self.filename)
+            self._on_failure(error)
         else:
-            log.info("download of %s ended: %s", redact_url(self.url), error.detail)
+            log.info("download of %s ended: %s", self.label, error.detail)
 
     def _notify(self) -> None:
         event, self._progress = self._progress, asyncio.Event()
@@ -423,21 +381,15 @@ class PassThrough:
     def __init__(
         self,
         *,
-        url: str,
+        fetch: Fetch,
         expected: Mapping[str, str],
         size: int | None,
-        client: UpstreamClient,
-        metrics: Metrics,
-        project: str | None = None,
-        filename: str | None = None,
+        on_failure: OnFailure,
     ) -> None:
-        self.url = url
         self.size = size
-        self.project = project
-        self.filename = filename
+        self._fetch_body = fetch
         self._expected = {k.lower(): v.lower() for k, v in expected.items()}
-        self._client = client
-        self._metrics = metrics
+        self._on_failure = on_failure
 
     async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """The whole file (ranges are not offered), last chunk held until verified."""
@@ -446,10 +398,8 @@ class PassThrough:
         pending = b""
         received = 0
         try:
-            async with self._client.open_file(self.url) as resp:
-                fetched = self._metrics.bytes_fetched.labels(upstream=self._client.name)
-                async for chunk in resp.content.iter_chunked(CHUNK):
-                    fetched.inc(len(chunk))
+            async with self._fetch_body() as body:
+                async for chunk in body.chunks():
                     if digest is not None:
                         digest.update(chunk)
                     received += len(chunk)
@@ -457,7 +407,7 @@ class PassThrough:
                         yield pending
                     pending = chunk
         except UpstreamError as exc:
-            self._client.report_failure(exc, project=self.project, file=self.filename)
+            self._on_failure(exc)
             raise
         error = None
         if self.size is not None and received != self.size:
@@ -465,33 +415,10 @@ class PassThrough:
         elif digest is not None and name is not None and digest.hexdigest() != self._expected[name]:
             error = UpstreamError(Reason.HASH_MISMATCH, f"{name} differs from the published one")
         if error is not None:
-            self._client.report_failure(error, project=self.project, file=self.filename)
+            self._on_failure(error)
             raise error
         if pending:
             yield pending
-
-
-def _strong_validator(resp: aiohttp.ClientResponse) -> str | None:
-    """The validator for ``If-Range`` (RFC 9110 §13.1.5: a strong ETag or a date)."""
-    etag = resp.headers.get("ETag")
-    if etag and not etag.startswith("W/"):
-        return etag
-    return resp.headers.get("Last-Modified")
-
-
-def _resume_skip(resp: aiohttp.ClientResponse, offset: int) -> int:
-    """Bytes to drop from a resume response: 0 for a 206 starting at ``offset``,
-    ``offset`` for a 200 (upstream sent the whole file again)."""
-    if resp.status == 200:
-        return offset
-    if resp.status == 206:
-        content_range = resp.headers.get("Content-Range", "")
-        unit, _, spec = content_range.partition(" ")
-        first = spec.split("-", 1)[0]
-        if unit.strip().lower() == "bytes" and first.isdigit() and int(first) == offset:
-            return 0
-        raise UpstreamError(Reason.BAD_PAGE, f"resume got Content-Range {content_range!r}")
-    raise UpstreamError(reason_for_status(resp.status), f"resume answered {resp.status}")
 
 
 def _append(writer: BlobWriter, chunk: bytes) -> None:
@@ -514,9 +441,8 @@ def _existing(store: BlobStore, sha256: str) -> Committed:
 class DownloadManager:
     """At most one :class:`Download` per file key in this process."""
 
-    def __init__(self, store: BlobStore, client: UpstreamClient, metrics: Metrics) -> None:
+    def __init__(self, store: BlobStore, metrics: Metrics) -> None:
         self._store = store
-        self._client = client
         self._metrics = metrics
         self._active: dict[str, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -535,13 +461,13 @@ class DownloadManager:
     def get_or_start(
         self,
         key: str,
-        url: str,
+        fetch: Fetch,
         expected: Mapping[str, str],
         expected_size: int | None,
         on_commit: OnCommit,
+        on_failure: OnFailure,
         *,
-        project: str | None = None,
-        filename: str | None = None,
+        label: str = "",
     ) -> tuple[Download, bool]:
         """The running download of ``key``, or a new one; the flag says if it is new."""
         current = self._active.get(key)
@@ -549,42 +475,21 @@ class DownloadManager:
             return current, False
         download = Download(
             key=key,
-            url=url,
+            fetch=fetch,
             expected=expected,
             expected_size=expected_size,
             store=self._store,
-            client=self._client,
             metrics=self._metrics,
             on_commit=on_commit,
+            on_failure=on_failure,
             on_unavailable=self._mark_unavailable,
-            project=project,
-            filename=filename,
+            label=label,
         )
         self._active[key] = download
         task = asyncio.create_task(self._run(download), name=f"download:{key}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return download, True
-
-    def pass_through(
-        self,
-        url: str,
-        expected: Mapping[str, str],
-        size: int | None,
-        *,
-        project: str | None = None,
-        filename: str | None = None,
-    ) -> PassThrough:
-        """A not-cached, verified stream for one client (the cache is unavailable)."""
-        return PassThrough(
-            url=url,
-            expected=expected,
-            size=size,
-            client=self._client,
-            metrics=self._metrics,
-            project=project,
-            filename=filename,
-        )
 
     def active(self, key: str) -> Download | None:
         """The download of ``key`` in progress in this process, if any."""

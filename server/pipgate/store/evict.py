@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from pipgate.metrics import Metrics
 from pipgate.store.blobs import BlobStore
-from pipgate.store.index import Index
+from pipgate.store.catalog import Catalog
 from pipgate.store.locks import try_exclusive
 
 log = logging.getLogger("pipgate.evict")
@@ -41,8 +41,8 @@ class EvictionResult:
 class Evictor:
     """Runs eviction passes for one worker."""
 
-    def __init__(self, index: Index, blobs: BlobStore, max_size: int, metrics: Metrics) -> None:
-        self._index = index
+    def __init__(self, catalog: Catalog, blobs: BlobStore, max_size: int, metrics: Metrics) -> None:
+        self._catalog = catalog
         self._blobs = blobs
         self._max_size = max_size
         self._metrics = metrics
@@ -51,7 +51,7 @@ class Evictor:
 
     async def update_gauges(self) -> int:
         """Refresh the size gauges; returns the total size."""
-        size, files = await self._index.totals()
+        size, files = await self._catalog.totals()
         self._metrics.cache_size.set(size)
         self._metrics.cache_files.set(files)
         return size
@@ -90,10 +90,10 @@ class Evictor:
             return EvictionResult(0, 0)  # another worker is evicting
         try:
             now = time.time() if now is None else now
-            total = self._index.total_size_now()
+            total = self._catalog.total_size_now()
             target = int(self._max_size * LOW_WATERMARK)
             removed = freed = 0
-            for sha, record, _atime in sorted(self._index.blob_entries(), key=lambda e: e[2]):
+            for sha, record, _atime in sorted(self._catalog.blob_entries(), key=lambda e: e[2]):
                 if total <= target:
                     break
                 if now - record.stored_at < MIN_AGE:
@@ -103,7 +103,7 @@ class Evictor:
                     continue  # being sent right now
                 try:
                     self._blobs.remove(sha)
-                    self._index.forget_blob(sha, record.size)
+                    self._catalog.forget_blob(sha, record.size)
                 finally:
                     os.close(use)
                 with contextlib.suppress(FileNotFoundError):

@@ -8,7 +8,7 @@ never be served again. Two entry points share the checking and removal logic:
 - :class:`Scrubber`: a throttled background pass while serving, one worker at a time
   (``locks/scrub.lock``), resuming after restarts from a cursor in ``scrub.json``.
 
-Removal mirrors eviction: unlink the blob, then forget its index record and subtract
+Removal mirrors eviction: unlink the blob, then forget its catalog record and subtract
 its size from the shared counters in one transaction. A blob being sent is removed all
 the same (its readers keep the open inode), but the removal says so.
 """
@@ -31,7 +31,7 @@ from typing import Any
 
 from pipgate.metrics import Metrics
 from pipgate.store.blobs import BlobStore
-from pipgate.store.index import BlobRecord, Index
+from pipgate.store.catalog import BlobRecord, Catalog
 from pipgate.store.locks import try_exclusive
 
 log = logging.getLogger("pipgate.integrity")
@@ -59,7 +59,7 @@ class CorruptBlob:
     actual: str | None
     #: Why it could not be read (``None`` when it was read).
     error: str | None
-    #: The index record's project and filename, if there is a record.
+    #: The catalog record's project and filename, if there is a record.
     project: str | None
     filename: str | None
     removed: bool = False
@@ -100,7 +100,7 @@ class VerifyReport:
     unverified: list[UnverifiedBlob] = field(default_factory=list)
     #: Corrupt blobs removed (with ``repair=True``).
     repaired: int = 0
-    #: Blobs on disk without an index record (start-up reconciliation adopts them).
+    #: Blobs on disk without an catalog record (start-up reconciliation adopts them).
     missing_records: int = 0
 
     def to_json(self) -> dict[str, Any]:
@@ -139,7 +139,7 @@ class VerifyReport:
         if self.repaired:
             summary += f", {self.repaired} removed"
         if self.missing_records:
-            summary += f", {self.missing_records} without an index record"
+            summary += f", {self.missing_records} without an catalog record"
         out.append(summary)
         return out
 
@@ -155,7 +155,7 @@ def human_size(size: int) -> str:
 
 
 def _name(project: str | None, filename: str | None) -> str:
-    return f"{project}/{filename}" if filename else "(no index record)"
+    return f"{project}/{filename}" if filename else "(no catalog record)"
 
 
 class BlobHash:
@@ -208,7 +208,7 @@ class BlobHash:
 
 def remove_corrupt(
     blobs: BlobStore,
-    index: Index,
+    catalog: Catalog,
     sha256: str,
     identity: tuple[int, int],
     record: BlobRecord | None,
@@ -229,7 +229,7 @@ def remove_corrupt(
         if (stat.st_dev, stat.st_ino) != identity:
             return False, use is None
         path.unlink(missing_ok=True)
-        index.forget_blob(sha256, record.size if record is not None else 0)
+        catalog.forget_blob(sha256, record.size if record is not None else 0)
     finally:
         if use is not None:
             os.close(use)
@@ -255,23 +255,23 @@ def verify_cache(
     if not cache_dir.is_dir():
         raise FileNotFoundError(f"no cache directory at {cache_dir}")
     blobs = BlobStore(cache_dir)
-    index = Index(cache_dir)
+    catalog = Catalog(cache_dir)
     report = VerifyReport()
     try:
-        records = {sha: record for sha, record, _atime in index.blob_entries()}
+        records = {sha: record for sha, record, _atime in catalog.blob_entries()}
         on_disk = sorted(blobs.iter_blobs())
         for done, (sha, path) in enumerate(on_disk, 1):
-            _verify_one(blobs, index, sha, path, records.get(sha), repair, report)
+            _verify_one(blobs, catalog, sha, path, records.get(sha), repair, report)
             if progress is not None:
                 progress(f"{done}/{len(on_disk)} {sha}")
     finally:
-        index.close()
+        catalog.close()
     return report
 
 
 def _verify_one(
     blobs: BlobStore,
-    index: Index,
+    catalog: Catalog,
     sha: str,
     path: Path,
     record: BlobRecord | None,
@@ -297,7 +297,7 @@ def _verify_one(
     if actual != sha:
         removed = in_use = False
         if repair:
-            removed, in_use = remove_corrupt(blobs, index, sha, hashing.identity, record)
+            removed, in_use = remove_corrupt(blobs, catalog, sha, hashing.identity, record)
             report.repaired += removed
         report.corrupt.append(
             CorruptBlob(sha, path, actual, None, project, filename, removed, in_use)
@@ -337,7 +337,7 @@ class Scrubber:
     def __init__(
         self,
         cache_dir: Path,
-        index: Index,
+        catalog: Catalog,
         blobs: BlobStore,
         metrics: Metrics,
         rate_bytes_per_second: int,
@@ -345,7 +345,7 @@ class Scrubber:
         pass_interval: float = PASS_INTERVAL,
         lock_retry: float = LOCK_RETRY,
     ) -> None:
-        self._index = index
+        self._catalog = catalog
         self._blobs = blobs
         self._metrics = metrics
         self.rate = rate_bytes_per_second
@@ -436,7 +436,7 @@ class Scrubber:
 
     async def _scrub_one(self, sha: str, path: Path, throttle: Throttle) -> tuple[str, bool] | None:
         """Check one blob: ``(result label, removed)``, or ``None`` if it vanished (evicted)."""
-        record = await self._index.get_blob(sha)
+        record = await self._catalog.get_blob(sha)
         try:
             hashing = await asyncio.to_thread(BlobHash, path)
         except FileNotFoundError:
@@ -459,7 +459,7 @@ class Scrubber:
             unverified = record is not None and not record.verified
             return ("unverified" if unverified else "ok"), False
         removed, in_use = await asyncio.to_thread(
-            remove_corrupt, self._blobs, self._index, sha, hashing.identity, record
+            remove_corrupt, self._blobs, self._catalog, sha, hashing.identity, record
         )
         if not removed:
             outcome = "already gone"
@@ -473,7 +473,7 @@ class Scrubber:
             outcome,
         )
         if removed:
-            size, files = await self._index.totals()
+            size, files = await self._catalog.totals()
             self._metrics.cache_size.set(size)
             self._metrics.cache_files.set(files)
         return "corrupt", removed

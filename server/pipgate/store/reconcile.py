@@ -1,8 +1,8 @@
-"""Start-up reconciliation of the blobs on disk with the metadata index.
+"""Start-up reconciliation of the blobs on disk with the catalog.
 
 After any crash (SIGKILL mid-download, mid-commit, mid-eviction) the invariant "a blob
 path that exists is complete and verified" already holds thanks to the commit
-protocol; what can drift is the index. This pass removes temp debris, drops records
+protocol; what can drift is the catalog. This pass removes temp debris, drops records
 whose blob is gone, adopts blobs that were committed but not recorded (after checking
 that their content still hashes to their name) and resets the size counters.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipgate.store.blobs import BlobStore
-from pipgate.store.index import BlobRecord, Index
+from pipgate.store.catalog import BlobRecord, Catalog
 
 log = logging.getLogger("pipgate.reconcile")
 
@@ -33,23 +33,23 @@ class ReconcileReport:
 
 
 def reconcile(cache_dir: Path) -> ReconcileReport:
-    """Bring ``cache_dir``'s index in line with its blobs (blocking)."""
+    """Bring ``cache_dir``'s catalog in line with its blobs (blocking)."""
     blobs = BlobStore(cache_dir)
     blobs.ensure_dirs()
     temp_removed = blobs.clean_temp()
-    index = Index(cache_dir)
+    catalog = Catalog(cache_dir)
     try:
-        records = {sha: record for sha, record, _ in index.blob_entries()}
+        records = {sha: record for sha, record, _ in catalog.blob_entries()}
         on_disk = {sha: path for sha, path in blobs.iter_blobs()}
         dropped = adopted = removed = 0
         for sha in records.keys() - on_disk.keys():
-            index.drop_blob_record(sha)
+            catalog.drop_blob_record(sha)
             dropped += 1
         for sha in on_disk.keys() - records.keys():
             path = on_disk.pop(sha)
             if _sha256_of(path) == sha:
                 stat = path.stat()
-                index.put_blob_record(
+                catalog.put_blob_record(
                     sha,
                     BlobRecord(
                         project="",
@@ -65,9 +65,12 @@ def reconcile(cache_dir: Path) -> ReconcileReport:
                 path.unlink(missing_ok=True)
                 removed += 1
         total = sum(path.stat().st_size for path in on_disk.values())
-        index.set_totals(total, len(on_disk))
+        catalog.set_totals(total, len(on_disk))
+        legacy = catalog.drop_legacy_keys()
+        if legacy:
+            log.info("dropped %d page records of the single-upstream layout", legacy)
     finally:
-        index.close()
+        catalog.close()
     report = ReconcileReport(temp_removed, dropped, adopted, removed, len(on_disk), total)
     if temp_removed or dropped or adopted or removed:
         log.info(

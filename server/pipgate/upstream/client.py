@@ -1,19 +1,20 @@
-"""The HTTP client for one upstream index: proxies, TLS, auth, timeouts, retries, health.
+"""The HTTP client of one upstream: proxies, TLS, auth, redirects, timeouts, retries.
 
-Everything that talks to upstream goes through :class:`UpstreamClient`, so failures are
-classified once (:mod:`pipgate.errors`) and counted once. Each request goes through the
-proxies :class:`~pipgate.upstream.proxy.ProxyChooser` offers, failing over when a proxy
-cannot be reached or refuses the tunnel. Failed fetches are retried with exponential
-backoff and jitter (honouring ``Retry-After``), bounded in count and in total time,
-and only for causes a retry can cure. After ``down_after`` consecutive failed fetches
-the upstream is marked down for ``down_cooldown``: requests then fail at once (cached
-pages and files keep being served) until it is probed again.
+Each :class:`UpstreamClient` reads only its :class:`~pipgate.config.UpstreamConfig`
+slice. Everything that talks to that upstream goes through it, so failures are
+classified once (:mod:`pipgate.errors`) and every request is counted and logged once.
+Requests go through the proxies :class:`~pipgate.upstream.proxy.ProxyChooser` offers,
+failing over when a proxy cannot be reached or refuses the tunnel. Redirects are
+followed here, hop by hop, each checked against the upstream's origins
+(:mod:`.origins`); credentials go to the index's own origin only. Failed fetches are
+retried with exponential backoff and jitter (honouring ``Retry-After``), bounded in
+count and in total time, and only for causes a retry can cure; repeated connectivity
+failures mark the upstream down (:mod:`.health`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import ssl
@@ -23,17 +24,18 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urljoin
 
 import aiofiles
 import aiohttp
 
-from pipgate.config import Config
+from pipgate.config import UpstreamConfig, origin_of
 from pipgate.errors import Reason, UpstreamError, classify, reason_for_status
-from pipgate.failures import Failure, FailureLog
 from pipgate.logs import request_id
 from pipgate.metrics import Metrics
-from pipgate.redact import redact_url, upstream_label
+from pipgate.redact import redact_url
+from pipgate.upstream.health import UpstreamHealth
+from pipgate.upstream.origins import OriginRule
 from pipgate.upstream.proxy import Proxy, ProxyChooser, basic_authorization
 
 log = logging.getLogger("pipgate.upstream")
@@ -44,11 +46,21 @@ MAX_PAGE_BYTES = 128 << 20
 MAX_METADATA_BYTES = 16 << 20
 #: Longest ``Retry-After`` pipgate waits out inside one client request.
 MAX_RETRY_AFTER = 10.0
+#: Redirect hops followed for one request.
+MAX_REDIRECTS = 5
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 #: HTTP statuses worth retrying (RFC 9110 transient ones plus 429).
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 #: Causes that never get better by asking again.
 NOT_RETRYABLE = frozenset(
-    {Reason.TOO_LARGE, Reason.HTTP_4XX, Reason.BAD_PAGE, Reason.PROXY_AUTH, Reason.POLICY}
+    {
+        Reason.TOO_LARGE,
+        Reason.HTTP_4XX,
+        Reason.BAD_PAGE,
+        Reason.PROXY_AUTH,
+        Reason.POLICY,
+        Reason.REDIRECT,
+    }
 )
 
 T = TypeVar("T")
@@ -58,8 +70,8 @@ PAGE_ACCEPT = (
     "application/vnd.pypi.simple.v1+json, "
     "application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01"
 )
-#: The root list is requested as HTML first: it can be parsed incrementally.
-ROOT_ACCEPT = (
+#: The project list is requested as HTML first: it can be parsed incrementally.
+LIST_ACCEPT = (
     "application/vnd.pypi.simple.v1+html, text/html;q=0.9, "
     "application/vnd.pypi.simple.v1+json;q=0.5"
 )
@@ -70,6 +82,7 @@ class PageFetch:
     """The outcome of one page request: 200 (body), 304 (unchanged) or 404 (absent)."""
 
     status: int
+    #: The URL the page finally came from (after redirects): the base of its links.
     url: str
     body: bytes = b""
     content_type: str = ""
@@ -77,21 +90,22 @@ class PageFetch:
     last_modified: str | None = None
 
 
-def build_ssl_context(config: Config) -> ssl.SSLContext:
-    """The TLS context for upstream: system CAs (``SSL_CERT_FILE`` honoured by ``ssl``),
-    plus ``REQUESTS_CA_BUNDLE`` and ``ca_bundle``, or only ``ca_bundle`` in replace mode;
-    a client certificate for mutual TLS; verification off only when asked."""
-    if config.ca_bundle is not None and config.ca_bundle_mode == "replace":
-        context = ssl.create_default_context(cafile=str(config.ca_bundle))
+def build_ssl_context(upstream: UpstreamConfig) -> ssl.SSLContext:
+    """The TLS context for an upstream: system CAs (``SSL_CERT_FILE`` honoured by
+    ``ssl``), plus ``REQUESTS_CA_BUNDLE`` and ``ca_bundle``, or only ``ca_bundle`` in
+    replace mode; a client certificate for mutual TLS; verification off only when
+    asked."""
+    if upstream.ca_bundle is not None and upstream.ca_bundle_mode == "replace":
+        context = ssl.create_default_context(cafile=str(upstream.ca_bundle))
     else:
         context = ssl.create_default_context()
-        for extra in (config.secrets.env_ca_bundle, config.ca_bundle):
+        for extra in (upstream.secrets.env_ca_bundle, upstream.ca_bundle):
             if extra is not None:
                 context.load_verify_locations(cafile=str(extra))
-    if config.client_cert is not None:
-        key = str(config.client_key) if config.client_key else None
-        context.load_cert_chain(str(config.client_cert), key)
-    if not config.verify:
+    if upstream.client_cert is not None:
+        key = str(upstream.client_key) if upstream.client_key else None
+        context.load_cert_chain(str(upstream.client_cert), key)
+    if not upstream.verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
@@ -100,58 +114,54 @@ def build_ssl_context(config: Config) -> ssl.SSLContext:
 class UpstreamClient:
     """One upstream simple index reached over one aiohttp session."""
 
-    def __init__(
-        self, config: Config, metrics: Metrics, failures: FailureLog | None = None
-    ) -> None:
-        self.index_url = config.upstream
-        self.name = upstream_label(config.upstream)
-        self._config = config
-        self._metrics = metrics
+    def __init__(self, upstream: UpstreamConfig, metrics: Metrics) -> None:
+        self.config = upstream
+        self.name = upstream.name
+        self.index_url = upstream.url
+        self.metrics = metrics
         self._session: aiohttp.ClientSession | None = None
         self.proxies = ProxyChooser(
-            config.proxy,
-            auth=config.secrets.proxy_auth,
-            env=config.secrets.env_proxies,
-            cooldown=config.proxy_cooldown,
+            upstream.proxy,
+            auth=upstream.secrets.proxy_auth,
+            env=upstream.secrets.env_proxies,
+            cooldown=upstream.proxy_cooldown,
         )
-        self._origin = _origin(config.upstream)
+        self.health = UpstreamHealth(
+            upstream.name, upstream.down_after, upstream.down_cooldown, metrics
+        )
+        #: Where file links and redirects may point: the index's origin + file_hosts.
+        self.origins = OriginRule(upstream.file_origins)
+        self._origin = upstream.origin
         self._page_timeout = aiohttp.ClientTimeout(
-            total=config.page_timeout,
-            sock_connect=config.connect_timeout,
-            sock_read=config.read_timeout,
+            total=upstream.page_timeout,
+            sock_connect=upstream.connect_timeout,
+            sock_read=upstream.read_timeout,
         )
         # Files: no total (a 900 MB wheel may take long), only connect and idle read.
         self._file_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=config.connect_timeout, sock_read=config.read_timeout
+            total=None, sock_connect=upstream.connect_timeout, sock_read=upstream.read_timeout
         )
-        self._consecutive_failures = 0
-        self._down_until = 0.0
-        #: The last failure, for ``/readyz`` (reason and a credential-free detail).
-        self.last_error: UpstreamError | None = None
-        self._failures = failures
-        self._records: set[asyncio.Task[None]] = set()
-        self._last_record: asyncio.Task[None] | None = None
         metrics.initialise(self.name)
 
     async def start(self) -> None:
         """Open the session (inside the running loop)."""
-        if not self._config.verify:
+        if not self.config.verify:
             log.warning(
-                "TLS VERIFICATION IS OFF for upstream %s (upstream.verify = false): "
+                "TLS VERIFICATION IS OFF for upstream %s (verify = false): "
                 "anyone on the path can serve forged packages",
                 self.name,
             )
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
-                limit=64, ttl_dns_cache=60, ssl=build_ssl_context(self._config)
+                limit=64, ttl_dns_cache=60, ssl=build_ssl_context(self.config)
             ),
             # Proxies and NO_PROXY are decided by ProxyChooser from the config.
             trust_env=False,
             headers={"User-Agent": "pipgate"},
         )
         for proxy in self.proxies.proxies:
-            self._metrics.proxy_up.labels(proxy=proxy.label).set(1)
-        self._metrics.upstream_up.labels(upstream=self.name).set(1)
+            self.metrics.proxy_up.labels(proxy=proxy.label).set(1)
+        self.metrics.upstream_up.labels(upstream=self.name).set(1)
 
     async def close(self) -> None:
         """Close the session and its pooled connections."""
@@ -168,17 +178,26 @@ class UpstreamClient:
     @property
     def is_down(self) -> bool:
         """Whether the upstream is in its cool-down after repeated failures."""
-        return time.monotonic() < self._down_until
+        return self.health.is_down
+
+    @property
+    def last_error(self) -> UpstreamError | None:
+        return self.health.last_error
 
     @property
     def tls_verification(self) -> bool:
-        return self._config.verify
+        return self.config.verify
 
     def project_url(self, name: str) -> str:
         """The upstream page URL of a normalised project name."""
         return f"{self.index_url}{name}/"
 
-    # --- one request through the proxies -----------------------------------------------
+    def proxy_label(self) -> str | None:
+        """The proxy requests to the index go through now (for failure reports)."""
+        proxies = self.proxies.for_url(self.index_url)
+        return proxies[0].label if proxies and proxies[0] is not None else None
+
+    # --- one request: redirects, then proxies --------------------------------------------
 
     @asynccontextmanager
     async def _get(
@@ -190,15 +209,54 @@ class UpstreamClient:
         timeouts: aiohttp.ClientTimeout,
         auto_decompress: bool = True,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """GET ``url`` through the first proxy that works (or directly); every attempt is
+        """GET ``url``, following redirects hop by hop; each hop must stay on the
+        upstream's origins and never go from https to http."""
+        current = url
+        for _hop in range(MAX_REDIRECTS + 1):
+            resp = await self._send(
+                current,
+                kind=kind,
+                headers=headers,
+                timeouts=timeouts,
+                auto_decompress=auto_decompress,
+            )
+            location = resp.headers.get("Location") if resp.status in REDIRECT_STATUSES else None
+            if location is None:
+                try:
+                    yield resp
+                finally:
+                    resp.release()
+                return
+            resp.release()
+            try:
+                target = urljoin(current, location.strip()).partition("#")[0]
+            except ValueError:
+                raise UpstreamError(Reason.REDIRECT, "redirect to an unparseable URL") from None
+            self.origins.check_redirect(current, target)
+            current = target
+        raise UpstreamError(
+            Reason.REDIRECT, f"more than {MAX_REDIRECTS} redirects from {redact_url(url)}"
+        )
+
+    async def _send(
+        self,
+        url: str,
+        *,
+        kind: str,
+        headers: dict[str, str],
+        timeouts: aiohttp.ClientTimeout,
+        auto_decompress: bool,
+    ) -> aiohttp.ClientResponse:
+        """One GET through the first proxy that works (or directly); every attempt is
         timed, counted by outcome and logged as one event line."""
         headers = dict(headers)
-        if _origin(url) == self._origin:
+        if origin_of(url) == self._origin:
             # Credentials go to the index's own origin only, never to a files CDN.
-            if self._config.secrets.token:
-                headers["Authorization"] = f"Bearer {self._config.secrets.token}"
-            elif self._config.secrets.basic_auth:
-                headers["Authorization"] = basic_authorization(*self._config.secrets.basic_auth)
+            secrets = self.config.secrets
+            if secrets.token:
+                headers["Authorization"] = f"Bearer {secrets.token}"
+            elif secrets.basic_auth:
+                headers["Authorization"] = basic_authorization(*secrets.basic_auth)
         failure: UpstreamError | None = None
         for proxy in self.proxies.for_url(url):
             request_headers, proxy_headers = headers, None
@@ -215,6 +273,7 @@ class UpstreamClient:
                     headers=request_headers,
                     timeout=timeouts,
                     auto_decompress=auto_decompress,
+                    allow_redirects=False,
                     proxy=proxy.url if proxy else None,
                     proxy_headers=proxy_headers,
                 )
@@ -239,68 +298,9 @@ class UpstreamClient:
                 continue
             if proxy is not None:
                 self._proxy_ok(proxy)
-            try:
-                yield resp
-            finally:
-                resp.release()
-            return
+            return resp
         assert failure is not None
         raise failure
-
-    def report_failure(
-        self, error: UpstreamError, *, project: str | None = None, file: str | None = None
-    ) -> None:
-        """Count a failed fetch, log one event line, and keep it for ``/-/failures``.
-
-        The one place where a failure's closed-set reason reaches the metric, the log
-        and the failure list together.
-        """
-        self._metrics.failure(self.name, error.reason)
-        proxies = self.proxies.for_url(self.index_url)
-        proxy = proxies[0].label if proxies and proxies[0] is not None else None
-        log.warning(
-            "fetch failed: reason=%s upstream=%s proxy=%s project=%s file=%s detail=%s",
-            error.reason.value,
-            self.name,
-            proxy or "-",
-            project or "-",
-            file or "-",
-            error.detail,
-            extra={
-                "event": "fetch_failed",
-                "reason": error.reason.value,
-                "upstream": self.name,
-                "proxy": proxy,
-                "project": project,
-                "file": file,
-            },
-        )
-        if self._failures is not None:
-            record = Failure(
-                time=time.time(),
-                reason=error.reason.value,
-                detail=error.detail,
-                upstream=self.name,
-                project=project,
-                file=file,
-                proxy=proxy,
-            )
-            # Written off the loop, one after the other, so the list keeps their order.
-            previous = self._last_record
-            task = asyncio.get_running_loop().create_task(self._append(previous, record))
-            self._last_record = task
-            self._records.add(task)
-            task.add_done_callback(self._records.discard)
-
-    async def _append(self, previous: asyncio.Task[None] | None, record: Failure) -> None:
-        if previous is not None:
-            with contextlib.suppress(Exception):
-                await previous
-        assert self._failures is not None
-        try:
-            await self._failures.record(record)
-        except Exception:  # the list is a convenience: never let it break a request
-            log.exception("could not record a failure for /-/failures")
 
     def _observe(
         self,
@@ -313,10 +313,8 @@ class UpstreamClient:
     ) -> None:
         """Count and time one request to upstream, and log its event line."""
         elapsed = time.monotonic() - started
-        self._metrics.upstream_requests.labels(
-            upstream=self.name, kind=kind, outcome=outcome
-        ).inc()
-        self._metrics.upstream_duration.labels(upstream=self.name, kind=kind).observe(elapsed)
+        self.metrics.upstream_requests.labels(upstream=self.name, kind=kind, outcome=outcome).inc()
+        self.metrics.upstream_duration.labels(upstream=self.name, kind=kind).observe(elapsed)
         log.info(
             "upstream %s %s -> %s in %.3fs%s",
             kind,
@@ -341,7 +339,7 @@ class UpstreamClient:
         if proxy is None:
             return
         self.proxies.failed(proxy)
-        self._metrics.proxy_up.labels(proxy=proxy.label).set(0)
+        self.metrics.proxy_up.labels(proxy=proxy.label).set(0)
         log.warning(
             "proxy %s failed (%s: %s); trying the next one if any",
             proxy.label,
@@ -353,7 +351,7 @@ class UpstreamClient:
         if not self.proxies.is_up(proxy):
             log.info("proxy %s works again", proxy.label)
         self.proxies.succeeded(proxy)
-        self._metrics.proxy_up.labels(proxy=proxy.label).set(1)
+        self.metrics.proxy_up.labels(proxy=proxy.label).set(1)
 
     # --- pages ---------------------------------------------------------------------------
 
@@ -401,7 +399,7 @@ class UpstreamClient:
         *,
         etag: str | None = None,
         last_modified: str | None = None,
-        accept: str = ROOT_ACCEPT,
+        accept: str = LIST_ACCEPT,
     ) -> PageFetch:
         """GET a (large) page straight into ``path`` without holding it in memory."""
         headers = _conditional({"Accept": accept}, etag, last_modified)
@@ -441,21 +439,32 @@ class UpstreamClient:
                 if resp.status in (404, 410):
                     return None
                 _raise_for_status(resp)
-                return await _read_limited(resp, limit, "metadata")
+                body = await _read_limited(resp, limit, "metadata")
+                self.metrics.bytes_fetched.labels(upstream=self.name).inc(len(body))
+                return body
 
         return await self._with_retries(attempt, what="metadata", url=url)
 
     @asynccontextmanager
-    async def open_file(
-        self, url: str, *, offset: int = 0, validator: str | None = None
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Open a distribution file for streaming (identity encoding, no total timeout).
+    async def open_file(self, url: str) -> AsyncIterator[FileStream]:
+        """A distribution file as one stream of bytes, resumed after breaks.
 
-        With ``offset`` > 0 it asks for the rest of the file (``Range``, guarded by
-        ``If-Range: validator`` when one is known): the status is 206 when upstream
-        resumed, 200 when it sends the whole file again. Opening is retried like any
-        fetch; errors while reading the body surface as :class:`UpstreamError`.
+        Opening is retried like any fetch; a connection that breaks mid-body is
+        continued with ``Range`` (see :class:`FileStream`), so the reader sees one body.
         """
+        stream = FileStream(self, url)
+        try:
+            await stream.open()
+            yield stream
+        finally:
+            await stream.close()
+
+    @asynccontextmanager
+    async def open_range(
+        self, url: str, offset: int, validator: str | None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Open ``url`` for streaming (identity encoding, no total timeout); with
+        ``offset`` it asks for the rest (``Range``, guarded by ``If-Range``)."""
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
@@ -479,25 +488,15 @@ class UpstreamClient:
         opener, resp = await self._with_retries(attempt, what="file", url=url)
         try:
             yield resp
-        except UpstreamError:
-            raise
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise UpstreamError(classify(exc), _describe(exc, url, None)) from exc
         finally:
             await opener.__aexit__(None, None, None)
 
     # --- retries and health --------------------------------------------------------------
 
     async def _with_retries(self, attempt: Callable[[], Awaitable[T]], *, what: str, url: str) -> T:
-        if self.is_down:
-            raise UpstreamError(
-                Reason.CONNECT,
-                f"upstream {self.name} is marked down after repeated failures "
-                f"({self.last_error.reason.value if self.last_error else 'unknown'}); "
-                "it will be probed again shortly",
-            )
-        tries = 1 + self._config.retries
-        deadline = time.monotonic() + self._config.retry_max_time
+        self.health.check()
+        tries = 1 + self.config.retries
+        deadline = time.monotonic() + self.config.retry_max_time
         for number in range(1, tries + 1):
             try:
                 result = await attempt()
@@ -506,15 +505,11 @@ class UpstreamClient:
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 error = UpstreamError(classify(exc), _describe(exc, url, None))
             else:
-                self._healthy()
+                self.health.succeeded()
                 return result
             delay = error.retry_after if error.retry_after is not None else _backoff(number)
-            if (
-                number == tries
-                or not _retryable(error)
-                or time.monotonic() + delay > deadline
-            ):
-                self._failed(error)
+            if number == tries or not _retryable(error) or time.monotonic() + delay > deadline:
+                self.health.failed(error)
                 raise error
             log.info(
                 "upstream %s %s failed (%s), retry %d/%d in %.2fs",
@@ -528,28 +523,133 @@ class UpstreamClient:
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _healthy(self) -> None:
-        if self._consecutive_failures >= self._config.down_after:
-            log.info("upstream %s is reachable again", self.name)
-        self._consecutive_failures = 0
-        self._down_until = 0.0
-        self._metrics.upstream_up.labels(upstream=self.name).set(1)
 
-    def _failed(self, error: UpstreamError) -> None:
-        self.last_error = error
-        if not _counts_against_health(error):
-            return
-        self._consecutive_failures += 1
-        if self._consecutive_failures >= self._config.down_after:
-            self._down_until = time.monotonic() + self._config.down_cooldown
-            self._metrics.upstream_up.labels(upstream=self.name).set(0)
-            log.error(
-                "upstream %s marked down for %.0fs after %d consecutive failures (last: %s)",
-                self.name,
-                self._config.down_cooldown,
-                self._consecutive_failures,
-                error.reason.value,
+#: Bytes read from upstream per chunk.
+CHUNK = 256 * 1024
+#: How many times one download is resumed after its connection broke.
+MAX_RESUMES = 5
+#: Causes after which a download is resumed from the byte it reached.
+RESUMABLE = frozenset({Reason.TRUNCATED, Reason.TIMEOUT, Reason.CONNECT, Reason.OTHER})
+
+
+class FileStream:
+    """The bytes of one upstream file, continued with ``Range`` when the connection
+    breaks: a 206 must start where the last body stopped, and a 200 (upstream ignored
+    the range, or ``If-Range`` no longer matched) is read past the bytes already given.
+    The reader sees one uninterrupted sequence; the whole file is verified by its
+    hash downstream, so a resumed body is held to the same rule as any other.
+    """
+
+    def __init__(self, client: UpstreamClient, url: str) -> None:
+        self._client = client
+        self.url = url
+        #: Total size when upstream declared it (``Content-Length`` of the first answer).
+        self.size: int | None = None
+        #: Bytes given to the reader so far.
+        self.received = 0
+        self.resumes = 0
+        self._validator: str | None = None
+        self._opener: Opener | None = None
+        self._resp: aiohttp.ClientResponse | None = None
+        self._skip = 0
+
+    async def open(self) -> None:
+        """Open the first response (raises :class:`UpstreamError`)."""
+        resp = await self._enter(0)
+        self.size = resp.content_length
+        self._validator = _strong_validator(resp)
+
+    async def _enter(self, offset: int) -> aiohttp.ClientResponse:
+        opener = self._client.open_range(self.url, offset, self._validator)
+        resp = await opener.__aenter__()
+        self._opener, self._resp = opener, resp
+        return resp
+
+    async def close(self) -> None:
+        """Release the current response."""
+        opener, self._opener, self._resp = self._opener, None, None
+        if opener is not None:
+            await opener.__aexit__(None, None, None)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body, chunk by chunk, across resumes; raises :class:`UpstreamError`."""
+        fetched = self._client.metrics.bytes_fetched.labels(upstream=self._client.name)
+        while True:
+            try:
+                chunk = await self._read()
+            except UpstreamError as exc:
+                await self._resume(exc)
+                continue
+            if chunk is None:
+                return
+            fetched.inc(len(chunk))
+            if self._skip:
+                if len(chunk) <= self._skip:
+                    self._skip -= len(chunk)
+                    continue
+                chunk, self._skip = chunk[self._skip :], 0
+            self.received += len(chunk)
+            yield chunk
+
+    async def _read(self) -> bytes | None:
+        """The next chunk of the current response; ``None`` at the end of the file."""
+        assert self._resp is not None
+        try:
+            data = await self._resp.content.read(CHUNK)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise UpstreamError(classify(exc), _describe(exc, self.url, None)) from exc
+        if data:
+            return data
+        if self._skip:
+            raise UpstreamError(Reason.TRUNCATED, "resumed body ended before the resume point")
+        if self.size is not None and self.received < self.size:
+            raise UpstreamError(
+                Reason.TRUNCATED, f"body ended after {self.received} of {self.size} bytes"
             )
+        return None
+
+    async def _resume(self, error: UpstreamError) -> None:
+        """Reopen from :attr:`received`, or raise ``error`` when that cannot help."""
+        if self.received == 0 or error.reason not in RESUMABLE or self.resumes >= MAX_RESUMES:
+            raise error
+        self.resumes += 1
+        client = self._client
+        client.metrics.download_resumes.labels(upstream=client.name).inc()
+        log.warning(
+            "download of %s broke at byte %d (%s); resuming with Range (%d/%d)",
+            redact_url(self.url),
+            self.received,
+            error.reason.value,
+            self.resumes,
+            MAX_RESUMES,
+        )
+        await self.close()
+        await asyncio.sleep(min(2.0, 0.1 * 2**self.resumes))
+        resp = await self._enter(self.received)
+        self._skip = _resume_skip(resp, self.received)
+
+
+def _strong_validator(resp: aiohttp.ClientResponse) -> str | None:
+    """The validator for ``If-Range`` (RFC 9110 §13.1.5: a strong ETag or a date)."""
+    etag = resp.headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return resp.headers.get("Last-Modified")
+
+
+def _resume_skip(resp: aiohttp.ClientResponse, offset: int) -> int:
+    """Bytes to drop from a resume response: 0 for a 206 starting at ``offset``,
+    ``offset`` for a 200 (upstream sent the whole file again)."""
+    if resp.status == 200:
+        return offset
+    if resp.status == 206:
+        content_range = resp.headers.get("Content-Range", "")
+        unit, _, spec = content_range.partition(" ")
+        first = spec.split("-", 1)[0]
+        if unit.strip().lower() == "bytes" and first.isdigit() and int(first) == offset:
+            return 0
+        raise UpstreamError(Reason.BAD_PAGE, f"resume got Content-Range {content_range!r}")
+    raise UpstreamError(reason_for_status(resp.status), f"resume answered {resp.status}")
 
 
 def _proxy_auth_error(proxy: Proxy) -> UpstreamError:
@@ -573,19 +673,6 @@ def _outcome(status: int) -> str:
     if status < 400:
         return "ok"
     return reason_for_status(status).value
-
-
-def _counts_against_health(error: UpstreamError) -> bool:
-    """Connectivity failures make an upstream "down"; a 404 or a bad file does not."""
-    return error.reason in (
-        Reason.TIMEOUT,
-        Reason.DNS,
-        Reason.CONNECT,
-        Reason.TLS,
-        Reason.PROXY_CONNECT,
-        Reason.PROXY_AUTH,
-        Reason.HTTP_5XX,
-    )
 
 
 def _retryable(error: UpstreamError) -> bool:
@@ -619,11 +706,6 @@ async def _read_limited(resp: aiohttp.ClientResponse, limit: int, what: str) -> 
         if len(body) > limit:
             raise UpstreamError(Reason.TOO_LARGE, f"{what} larger than the limit")
     return bytes(body)
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    return (parts.scheme, (parts.hostname or "").lower(), parts.port)
 
 
 def _raise_for_status(resp: aiohttp.ClientResponse) -> None:

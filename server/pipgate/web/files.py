@@ -18,7 +18,7 @@ from typing import BinaryIO
 from aiohttp import web
 
 from pipgate.errors import UpstreamError
-from pipgate.file_service import METADATA_SUFFIX, FileNotFound, Served
+from pipgate.files.service import METADATA_SUFFIX, FileNotFound, Served
 from pipgate.links import is_file_key, is_safe_filename
 from pipgate.simple.names import is_valid_name, normalize
 from pipgate.store.blobs import BlobStore, is_sha256

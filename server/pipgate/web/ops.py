@@ -18,36 +18,45 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the cache is writable and the upstream usable; the JSON body says what
-    is wrong (and warns when TLS verification is off)."""
+    """Readiness: the cache is writable and at least one upstream is usable; the JSON
+    body lists every upstream with its state and says what is wrong (and warns when
+    TLS verification is off)."""
     svc = services(request)
-    client = svc.client
     problems = []
     warnings = []
     writable = await asyncio.to_thread(os.access, svc.blobs.tmp, os.W_OK)
     if not writable:
         problems.append(f"cache directory {svc.blobs.tmp} is not writable")
-    if client.is_down:
-        problems.append(f"upstream {client.name} is marked down after repeated failures")
-    if not client.tls_verification:
-        warnings.append(
-            f"TLS verification is OFF for upstream {client.name} (upstream.verify = false)"
+    upstreams = []
+    for client in svc.upstreams:
+        if client.is_down:
+            warnings.append(f"upstream {client.name} is marked down after repeated failures")
+        if not client.tls_verification:
+            warnings.append(f"TLS verification is OFF for upstream {client.name} (verify = false)")
+        last = client.last_error
+        upstreams.append(
+            {
+                "name": client.name,
+                "url": redact_url(client.index_url),
+                "up": not client.is_down,
+                "last_error": (
+                    {"reason": last.reason.value, "detail": last.detail} if last else None
+                ),
+                "proxies": [
+                    {"proxy": proxy.label, "up": client.proxies.is_up(proxy)}
+                    for proxy in client.proxies.proxies
+                ],
+            }
         )
-    last = client.last_error
+    down = [client.name for client in svc.upstreams if client.is_down]
+    if len(down) == len(upstreams):
+        problems.append("every upstream is marked down after repeated failures: " + ", ".join(down))
     body = {
         "ready": not problems,
         "problems": problems,
         "warnings": warnings,
-        "upstream": {
-            "name": client.name,
-            "url": redact_url(client.index_url),
-            "up": not client.is_down,
-            "last_error": {"reason": last.reason.value, "detail": last.detail} if last else None,
-        },
-        "proxies": [
-            {"proxy": proxy.label, "up": client.proxies.is_up(proxy)}
-            for proxy in client.proxies.proxies
-        ],
+        "upstreams": upstreams,
+        "unavailable": down,
     }
     return web.json_response(body, status=200 if not problems else 503)
 

@@ -6,6 +6,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from pipgate.pages.bodies import list_etag
 from pipgate.simple.names import is_valid_name, normalize
 from pipgate.simple.negotiate import PageFormat, choose_format
 from pipgate.web.files import send_file_path
@@ -21,16 +22,18 @@ async def root(request: web.Request) -> web.StreamResponse:
     """``GET /simple/``: the project list, streamed from its rendered files."""
     svc = services(request)
     fmt = _format(request)
-    view = await svc.root.get(revalidate=_revalidate(request))
+    listing = await svc.pages.project_list(revalidate=_revalidate(request))
+    svc.metrics.cache("page", listing.result)
     gz = accepts_gzip(request.headers.get("Accept-Encoding"))
     variant = ("json" if fmt.is_json else "html") + (".gz" if gz else "")
-    etag = f'"{view.digest[:32]}-{fmt.variant}{"-gz" if gz else ""}"'
-    headers = _page_headers(fmt, etag, view.age, svc.config.root_ttl, view.result)
+    etag = list_etag(listing.digest, fmt, gz)
+    headers = _page_headers(fmt, etag, listing.age, svc.config.root_ttl, listing.result)
     if gz:
         headers["Content-Encoding"] = "gzip"
     if etag_matches(request.headers.get("If-None-Match"), etag):
         return web.Response(status=304, headers=_without_type(headers))
-    return await send_file_path(request, view.files[variant], headers)
+    files = await svc.lists.files(listing)
+    return await send_file_path(request, files[variant], headers)
 
 
 async def project(request: web.Request) -> web.StreamResponse:
@@ -46,6 +49,7 @@ async def project(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     fmt = _format(request)
     view = await svc.pages.project(name, revalidate=_revalidate(request))
+    svc.metrics.cache("page", view.result)
     if view.page is None:
         response = text_error(404, f"project {name} not found upstream")
         response.headers["Cache-Control"] = f"max-age={int(svc.config.negative_ttl)}"
@@ -54,6 +58,9 @@ async def project(request: web.Request) -> web.StreamResponse:
     gzip_ok = accepts_gzip(request.headers.get("Accept-Encoding"))
     rendered = await svc.renderer.render(view.page, view.digest, fmt, base, gzip_ok)
     headers = _page_headers(fmt, rendered.etag, view.age, svc.config.index_ttl, view.result)
+    if view.upstream is not None:
+        # Which upstream owns the project (a merged page: the first that has it).
+        headers["X-Pipgate-Upstream"] = view.upstream
     if rendered.gzipped:
         headers["Content-Encoding"] = "gzip"
     if etag_matches(request.headers.get("If-None-Match"), rendered.etag):

@@ -8,14 +8,13 @@ from aiohttp import web
 
 from pipgate.config import Config
 from pipgate.failures import FailureLog
-from pipgate.file_service import FileService
-from pipgate.index_service import IndexService
+from pipgate.files.service import FileService
 from pipgate.metrics import Metrics
-from pipgate.page_render import PageRenderer
-from pipgate.root_list import RootListService
+from pipgate.pages.bodies import ListRenderer, PageRenderer
+from pipgate.pages.source import PageSource
 from pipgate.store.blobs import BlobStore
 from pipgate.store.evict import Evictor
-from pipgate.upstream.client import UpstreamClient
+from pipgate.upstream.registry import Upstreams
 
 
 @dataclass(frozen=True)
@@ -24,12 +23,13 @@ class Services:
 
     config: Config
     metrics: Metrics
-    client: UpstreamClient
-    pages: IndexService
-    root: RootListService
+    upstreams: Upstreams
+    #: The whole page pipeline (filters around the router around each upstream).
+    pages: PageSource
     files: FileService
     blobs: BlobStore
     renderer: PageRenderer
+    lists: ListRenderer
     evictor: Evictor
     failures: FailureLog
 

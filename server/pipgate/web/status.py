@@ -66,16 +66,27 @@ class CacheStatus:
 
 
 @dataclass(frozen=True)
+class RouteStatus:
+    """One ``[[route]]`` rule as configured."""
+
+    projects: tuple[str, ...]
+    upstreams: tuple[str, ...]
+    merge: bool = False
+
+
+@dataclass(frozen=True)
 class StatusSnapshot:
     """Everything the page shows, gathered once so rendering is a pure function."""
 
     version: str
-    upstream: UpstreamStatus
+    #: Every upstream, in the default route order.
+    upstreams: tuple[UpstreamStatus, ...]
     cache: CacheStatus
     failures: Sequence[Failure]
     #: This server's ``simple/`` URL as the client reached it (for the pip/uv lines).
     index_url: str
     generated_at: float
+    routes: tuple[RouteStatus, ...] = ()
 
 
 # --- reading the metrics exposition --------------------------------------------------
@@ -160,6 +171,9 @@ h2 small{font-weight:400;font-size:14px;color:var(--muted)}
 .big{font-size:26px;font-weight:600}
 .figures{display:flex;gap:36px;margin-bottom:14px;flex-wrap:wrap}
 .figures div span{display:block;color:var(--muted);font-size:13px}
+.upstream+.upstream{border-top:1px solid var(--line);margin-top:14px;padding-top:12px}
+h3{font-size:16px;margin:0 0 8px}
+h4{font-size:14px;margin:14px 0 6px;color:var(--muted)}
 """
 
 
@@ -180,7 +194,17 @@ def _badge(text: str, css: str) -> str:
     return f'<span class="badge {css}">{_e(text)}</span>'
 
 
-def _upstream_section(up: UpstreamStatus) -> str:
+def _upstreams_section(upstreams: Sequence[UpstreamStatus]) -> str:
+    title = (
+        "Upstream"
+        if len(upstreams) == 1
+        else f"Upstreams <small>{len(upstreams)}, in the default order</small>"
+    )
+    blocks = "".join(_upstream_block(up) for up in upstreams)
+    return f'<section class="upstreams"><h2>{title}</h2>{blocks}</section>'
+
+
+def _upstream_block(up: UpstreamStatus) -> str:
     if up.up:
         state = _badge("up", "up")
     else:
@@ -210,13 +234,32 @@ def _upstream_section(up: UpstreamStatus) -> str:
         else '<p class="alert">TLS verification is OFF for this upstream '
         "(upstream.verify = false): anyone on the path can serve forged packages.</p>"
     )
-    return f"<section><h2>Upstream</h2><dl>{body}</dl>{alert}{_proxies(up.proxies)}</section>"
+    return (
+        f'<div class="upstream" id="upstream-{_e(up.name)}"><h3>{_e(up.name)}</h3>'
+        f"<dl>{body}</dl>{alert}{_proxies(up.proxies)}</div>"
+    )
+
+
+def _routes_section(routes: Sequence[RouteStatus]) -> str:
+    if not routes:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(', '.join(r.projects))}</td><td>{_e(' → '.join(r.upstreams))}</td>"
+        f"<td>{'merged' if r.merge else 'first that has it'}</td></tr>"
+        for r in routes
+    )
+    return (
+        "<section><h2>Routes <small>first matching rule wins; other projects come from the "
+        "first upstream that has them, never past one that fails</small></h2>"
+        f"<table><tr><th>projects</th><th>upstreams</th><th>pages</th></tr>{rows}</table>"
+        "</section>"
+    )
 
 
 def _proxies(proxies: Sequence[ProxyStatus]) -> str:
     if not proxies:
         return (
-            '<h2 style="margin-top:18px">Proxies</h2>'
+            "<h4>Proxies</h4>"
             '<p class="muted">No proxy configured: pipgate connects directly '
             "(or through HTTP(S)_PROXY from its environment).</p>"
         )
@@ -226,10 +269,7 @@ def _proxies(proxies: Sequence[ProxyStatus]) -> str:
         + "</td></tr>"
         for p in proxies
     )
-    return (
-        '<h2 style="margin-top:18px">Proxies</h2>'
-        f"<table><tr><th>proxy</th><th>state</th></tr>{rows}</table>"
-    )
+    return f"<h4>Proxies</h4><table><tr><th>proxy</th><th>state</th></tr>{rows}</table>"
 
 
 def _cache_section(cache: CacheStatus) -> str:
@@ -324,7 +364,8 @@ def render_status(snapshot: StatusSnapshot) -> str:
         f'<header><h1>pipgate</h1><span class="version">version {_e(snapshot.version)}'
         f" · {_e(_utc(snapshot.generated_at))}</span><nav>{nav}</nav></header><main>"
         '<div class="grid">'
-        f"{_upstream_section(snapshot.upstream)}{_cache_section(snapshot.cache)}</div>"
+        f"{_upstreams_section(snapshot.upstreams)}{_cache_section(snapshot.cache)}</div>"
+        f"{_routes_section(snapshot.routes)}"
         f"{_failures_section(snapshot.failures)}{_usage_section(snapshot.index_url)}"
         "</main></body></html>"
     )
@@ -336,35 +377,41 @@ def render_status(snapshot: StatusSnapshot) -> str:
 async def snapshot(request: web.Request) -> StatusSnapshot:
     """Gather the page's data for the app serving ``request``."""
     svc = services(request)
-    client = svc.client
     # Refresh this worker's size gauges so the page shows the size right now.
     await svc.evictor.update_gauges()
     # In multiprocess mode render() reads every worker's files: keep it off the loop.
     exposition = await asyncio.to_thread(svc.metrics.render)
     cache = cache_numbers(exposition.decode(), svc.config.max_size)
     failures = await svc.failures.recent(MAX_FAILURES)
-    last = client.last_error
-    last_at = next((f.time for f in failures if f.upstream == client.name), None)
-    upstream = UpstreamStatus(
-        name=client.name,
-        url=client.index_url,
-        up=not client.is_down,
-        tls_verification=client.tls_verification,
-        last_error_reason=last.reason.value if last else None,
-        last_error_detail=last.detail if last else None,
-        last_failure_at=last_at if last else None,
-        proxies=tuple(
-            ProxyStatus(label=p.label, up=client.proxies.is_up(p)) for p in client.proxies.proxies
-        ),
-    )
+    upstreams = []
+    for client in svc.upstreams:
+        last = client.last_error
+        last_at = next((f.time for f in failures if f.upstream == client.name), None)
+        upstreams.append(
+            UpstreamStatus(
+                name=client.name,
+                url=client.index_url,
+                up=not client.is_down,
+                tls_verification=client.tls_verification,
+                last_error_reason=last.reason.value if last else None,
+                last_error_detail=last.detail if last else None,
+                last_failure_at=last_at if last else None,
+                proxies=tuple(
+                    ProxyStatus(label=p.label, up=client.proxies.is_up(p))
+                    for p in client.proxies.proxies
+                ),
+            )
+        )
+    routes = tuple(RouteStatus(r.projects, r.upstreams, r.merge) for r in svc.config.routes)
     base = link_base(request) or f"{request.scheme}://{request.host}/"
     return StatusSnapshot(
         version=__version__,
-        upstream=upstream,
+        upstreams=tuple(upstreams),
         cache=cache,
         failures=failures,
         index_url=base + "simple/",
         generated_at=time.time(),
+        routes=routes,
     )
 
 

@@ -1,9 +1,12 @@
 """Distribution files and PEP 658 metadata: from the verified cache or from upstream.
 
-A cached blob is served without asking upstream (files are immutable); a miss starts
-(or joins) one shared :class:`~pipgate.store.downloads.Download` whose bytes reach the
-client while they arrive. The project page is consulted only on a miss, to learn the
-upstream URL and the published hashes, and for PEP 792 quarantine.
+Every request first asks the page pipeline whether the project's page offers the file
+(:meth:`~pipgate.pages.source.PageSource.find_file`): whatever a stage hides (a
+deny-list, a quarantine, a link to a foreign host) is hidden from file URLs too,
+whatever project the URL names, and the offer says which upstream the file comes from.
+A cached blob is then served without asking upstream (files are immutable); a miss
+starts (or joins) one shared :class:`~pipgate.store.downloads.Download` whose bytes
+reach the client while they arrive.
 """
 
 from __future__ import annotations
@@ -15,14 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipgate.errors import Reason, UpstreamError
-from pipgate.index_service import IndexService
+from pipgate.failures import FailureReporter
 from pipgate.metrics import Metrics
+from pipgate.pages.source import FileOffer, PageSource
 from pipgate.simple.model import DistFile
 from pipgate.store.blobs import VERIFIABLE, BlobStore, Committed, IntegrityError, is_sha256
-from pipgate.store.downloads import DownloadManager, Readable
+from pipgate.store.catalog import BlobRecord, Catalog
+from pipgate.store.downloads import DownloadManager, OnFailure, PassThrough, Readable
 from pipgate.store.evict import Evictor
-from pipgate.store.index import BlobRecord, Index
-from pipgate.upstream.client import UpstreamClient
+from pipgate.upstream.registry import Upstreams
 
 log = logging.getLogger("pipgate.files")
 
@@ -60,66 +64,84 @@ class FileService:
 
     def __init__(
         self,
-        index: Index,
+        pages: PageSource,
+        upstreams: Upstreams,
+        catalog: Catalog,
         blobs: BlobStore,
         downloads: DownloadManager,
-        pages: IndexService,
-        client: UpstreamClient,
         metrics: Metrics,
         evictor: Evictor,
+        reporter: FailureReporter,
     ) -> None:
-        self._index = index
+        self._pages = pages
+        self._upstreams = upstreams
+        self._catalog = catalog
         self._blobs = blobs
         self._downloads = downloads
-        self._pages = pages
-        self._client = client
         self._metrics = metrics
         self._evictor = evictor
+        self._reporter = reporter
         self._metadata_inflight: dict[str, asyncio.Task[Served]] = {}
         #: sha256 -> when this worker last recorded an access (writes are throttled).
         self._touched: dict[str, float] = {}
         #: (key, filename) -> recent cache hit and when it was looked up.
         self._hits: dict[tuple[str, str], tuple[Served, float]] = {}
 
+    async def _offer(self, project: str, key: str, filename: str) -> FileOffer:
+        offer = await self._pages.find_file(project, key, filename)
+        if offer is None:
+            raise FileNotFound(f"{filename} is not a file that project {project} offers")
+        return offer
+
     async def open(self, project: str, key: str, filename: str) -> Served:
         """The file to send. Raises :class:`FileNotFound` or :class:`UpstreamError`."""
-        self._pages.check_policy(project, filename)
-        cached = self._recent_hit(project, key, filename)
+        offer = await self._offer(project, key, filename)
+        cached = self._recent_hit(key, filename)
         if cached is None:
             # One worker-thread hop for everything a cache hit needs.
-            cached = await asyncio.to_thread(self._cached, project, key, filename)
+            cached = await asyncio.to_thread(self._cached, offer, key)
             if cached is not None:
-                self._remember_hit(project, key, cached)
+                self._remember_hit(key, cached)
         if cached is not None:
             self._metrics.cache("file", "hit")
             await self._touch(cached.sha256)
             return cached
-        dist = await self._pages.find_file(project, key, filename)
-        if dist is None:
-            raise FileNotFound(f"{filename} is not a file of project {project}")
-        adopted = await self._adopt(project, key, dist)
-        if adopted is not None:
-            self._metrics.cache("file", "hit")
-            return adopted
 
+        dist = offer.dist
+        client = self._upstreams[offer.upstream]
+        if dist.sha256 is None and client.config.require_hashes:
+            error = UpstreamError(
+                Reason.POLICY,
+                f"{filename}: upstream {client.name} publishes no sha256 for it and "
+                "require_hashes is set",
+                status=403,
+            )
+            self._failed(offer, filename)(error)
+            raise error
         expected = _verifiable(dist)
         if self._downloads.degraded and self._downloads.active(key) is None:
-            return self._pass_through(project, dist)
+            return self._pass_through(offer)
         self._metrics.cache("file", "miss")
 
         async def on_commit(committed: Committed) -> None:
             await self._record(project, filename, key, committed)
 
         download, started = self._downloads.get_or_start(
-            key, dist.url, expected, dist.size, on_commit, project=project, filename=filename
+            key,
+            lambda: client.open_file(dist.url),
+            expected,
+            dist.size,
+            on_commit,
+            self._failed(offer, filename),
+            label=f"{project}/{filename}",
         )
         if started:
-            log.info("download %s/%s from %s", project, filename, self._client.name)
+            log.info("download %s/%s from %s", project, filename, client.name)
         try:
             await download.wait_started()
         except UpstreamError as exc:
             if exc.reason is Reason.DISK_FULL:
-                return self._pass_through(project, dist)
+                return self._pass_through(offer)
             raise
         return Served(
             filename=filename,
@@ -129,27 +151,49 @@ class FileService:
             cached=False,
         )
 
-    def _pass_through(self, project: str, dist: DistFile) -> Served:
+    def _failed(self, offer: FileOffer, file: str) -> OnFailure:
+        """Where a failed fetch of ``offer`` is reported."""
+        client = self._upstreams[offer.upstream]
+
+        def report(error: UpstreamError) -> None:
+            self._reporter.report(
+                error,
+                upstream=client.name,
+                proxy=client.proxy_label(),
+                project=offer.project,
+                file=file,
+            )
+
+        return report
+
+    def _pass_through(self, offer: FileOffer) -> Served:
         """The cache cannot store files now: stream through, verified, not cached."""
+        dist = offer.dist
+        client = self._upstreams[offer.upstream]
         self._metrics.cache("file", "bypass")
-        log.warning("pass-through (cache unavailable) for %s/%s", project, dist.filename)
+        log.warning("pass-through (cache unavailable) for %s/%s", offer.project, dist.filename)
+        stream = PassThrough(
+            fetch=lambda: client.open_file(dist.url),
+            expected=_verifiable(dist),
+            size=dist.size,
+            on_failure=self._failed(offer, dist.filename),
+        )
         return Served(
             filename=dist.filename,
             sha256=dist.sha256,
             size=dist.size,
-            stream=self._downloads.pass_through(
-                dist.url, _verifiable(dist), dist.size, project=project, filename=dist.filename
-            ),
+            stream=stream,
             cached=False,
             ranges=False,
         )
 
     async def metadata(self, project: str, key: str, filename: str) -> Served:
         """The PEP 658 metadata file of distribution ``filename``."""
-        self._pages.check_policy(project, filename + METADATA_SUFFIX)
-        await self._check_offered(project)
+        offer = await self._offer(project, key, filename)
+        if not offer.dist.has_metadata:
+            raise FileNotFound(f"no metadata for {filename}")
         meta_key = f"meta:{key}"
-        sha = await self._index.get_alias(meta_key)
+        sha = await self._catalog.get_alias(meta_key)
         if sha is not None:
             size = await asyncio.to_thread(self._blobs.size, sha)
             if size is not None:
@@ -157,51 +201,39 @@ class FileService:
                 return Served(filename + METADATA_SUFFIX, sha, size, self._blobs.path(sha))
         task = self._metadata_inflight.get(meta_key)
         if task is None:
-            task = asyncio.create_task(self._fetch_metadata(project, key, filename))
+            task = asyncio.create_task(self._fetch_metadata(offer, key))
             self._metadata_inflight[meta_key] = task
             task.add_done_callback(lambda _t: self._metadata_inflight.pop(meta_key, None))
         return await asyncio.shield(task)
 
-    async def _fetch_metadata(self, project: str, key: str, filename: str) -> Served:
-        dist = await self._pages.find_file(project, key, filename)
-        if dist is None or not dist.has_metadata:
-            raise FileNotFound(f"no metadata for {filename}")
+    async def _fetch_metadata(self, offer: FileOffer, key: str) -> Served:
+        dist = offer.dist
+        name = dist.filename + METADATA_SUFFIX
+        client = self._upstreams[offer.upstream]
+        report = self._failed(offer, name)
         self._metrics.cache("metadata", "miss")
         try:
-            body = await self._client.fetch_small(dist.url + METADATA_SUFFIX)
+            body = await client.fetch_small(dist.url + METADATA_SUFFIX)
         except UpstreamError as exc:
-            self._client.report_failure(exc, project=project, file=filename + METADATA_SUFFIX)
+            report(exc)
             raise
         if body is None:
-            raise FileNotFound(f"upstream has no metadata for {filename}")
-        self._metrics.bytes_fetched.labels(upstream=self._client.name).inc(len(body))
+            raise FileNotFound(f"upstream has no metadata for {dist.filename}")
         expected = {"sha256": dist.metadata_sha256} if dist.metadata_sha256 else {}
         try:
             committed = await asyncio.to_thread(self._blobs.put_bytes, body, expected)
         except IntegrityError as exc:
-            error = UpstreamError(Reason(exc.kind), f"metadata of {filename}: {exc}")
-            self._client.report_failure(error, project=project, file=filename + METADATA_SUFFIX)
+            error = UpstreamError(Reason(exc.kind), f"metadata of {dist.filename}: {exc}")
+            report(error)
             raise error from exc
-        await self._record(project, filename + METADATA_SUFFIX, f"meta:{key}", committed)
-        return Served(
-            filename + METADATA_SUFFIX,
-            committed.sha256,
-            committed.size,
-            committed.path,
-            cached=False,
-        )
-
-    async def _check_offered(self, project: str) -> None:
-        # PEP 792: a quarantined project offers no files, cached ones included.
-        record = await self._index.get_page(project)
-        if record is not None and record.project_status == "quarantined":
-            raise FileNotFound(f"project {project} is quarantined upstream")
+        await self._record(offer.project, name, f"meta:{key}", committed)
+        return Served(name, committed.sha256, committed.size, committed.path, cached=False)
 
     def forget(self, key: str, filename: str) -> None:
         """Drop a memoised hit whose blob turned out to be gone (evicted elsewhere)."""
         self._hits.pop((key, filename), None)
 
-    def _recent_hit(self, project: str, key: str, filename: str) -> Served | None:
+    def _recent_hit(self, key: str, filename: str) -> Served | None:
         """A hit found within the last few seconds (its blob is immutable while it
         exists; a vanished blob shows as ``FileNotFoundError`` on open, and the
         caller then calls :meth:`forget`)."""
@@ -209,49 +241,48 @@ class FileService:
         if entry is None:
             return None
         served, found_at = entry
-        if time.monotonic() - found_at > HIT_MEMO_SECONDS or self._pages.is_quarantined(project):
-            # Re-check now and then: PEP 792 quarantine applies to cached files too.
+        if time.monotonic() - found_at > HIT_MEMO_SECONDS:
             del self._hits[(key, filename)]
             return None
         return served
 
-    def _remember_hit(self, project: str, key: str, served: Served) -> None:
+    def _remember_hit(self, key: str, served: Served) -> None:
         if len(self._hits) >= HIT_MEMO_ENTRIES:
             self._hits.clear()
         self._hits[(key, served.filename)] = (served, time.monotonic())
 
-    def _cached(self, project: str, key: str, filename: str) -> Served | None:
-        """The cached blob for this URL, if any (blocking; raises if quarantined)."""
-        if self._index.project_status(project) == "quarantined":
-            # PEP 792: a quarantined project offers no files, cached ones included.
-            raise FileNotFound(f"project {project} is quarantined upstream")
-        found = self._index.cached_blob(key)
-        if found is None or found[1].filename != filename:
+    def _cached(self, offer: FileOffer, key: str) -> Served | None:
+        """The cached blob of an offered file, if any (blocking).
+
+        A blob on disk that the catalog does not know under this name (a crash between
+        commit and record, or another file with the same content) is recorded now.
+        """
+        dist = offer.dist
+        sha = dist.sha256 if dist.sha256 and is_sha256(dist.sha256) else None
+        if sha is None:
+            sha = self._catalog.sha256_for(key)
+        if sha is None:
             return None
-        sha = found[0]
         size = self._blobs.size(sha)
         if size is None:
             return None
-        return Served(filename=filename, sha256=sha, size=size, path=self._blobs.path(sha))
-
-    async def _adopt(self, project: str, key: str, dist: DistFile) -> Served | None:
-        """Serve a verified blob that is on disk but not recorded under this name.
-
-        Happens after a crash between commit and record (start-up reconciliation
-        adopts such blobs without a name) or when two names share one content.
-        """
-        sha = dist.sha256
-        if not sha or not is_sha256(sha):
-            return None
-        size = await asyncio.to_thread(self._blobs.size, sha)
-        if size is None:
-            return None
-        committed = Committed(sha256=sha, size=size, path=self._blobs.path(sha), verified=True)
-        await self._record(project, dist.filename, key, committed)
-        return Served(filename=dist.filename, sha256=sha, size=size, path=committed.path)
+        record = self._catalog.blob_record(sha)
+        if record is None or not record.filename:
+            named = BlobRecord(
+                project=offer.project,
+                filename=dist.filename,
+                size=size,
+                verified=record.verified if record is not None else True,
+                stored_at=record.stored_at if record is not None else time.time(),
+            )
+            if record is None:
+                self._catalog.record_blob_now(sha, named)  # counts it in the totals
+            else:
+                self._catalog.put_blob_record(sha, named)
+        return Served(filename=dist.filename, sha256=sha, size=size, path=self._blobs.path(sha))
 
     async def _record(self, project: str, filename: str, key: str, c: Committed) -> None:
-        await self._index.record_blob(
+        await self._catalog.record_blob(
             c.sha256,
             BlobRecord(
                 project=project,
@@ -262,7 +293,7 @@ class FileService:
             ),
         )
         if key != c.sha256:
-            await self._index.put_alias(key, c.sha256)
+            await self._catalog.put_alias(key, c.sha256)
         self._evictor.request()
 
     async def _touch(self, sha256: str | None) -> None:
@@ -275,7 +306,7 @@ class FileService:
         if len(self._touched) > 100_000:
             self._touched.clear()
         self._touched[sha256] = now
-        await self._index.touch(sha256, now)
+        await self._catalog.touch(sha256, now)
 
 
 def _verifiable(dist: DistFile) -> dict[str, str]:

@@ -1,13 +1,17 @@
-"""The cache's metadata index, kept in diskcache (SQLite; safe across processes).
+"""The catalog: what the cache holds besides the blobs, in diskcache (SQLite; safe
+across processes).
 
-Keys:
-- ``page:<project>`` -> :class:`PageRecord` (validators, fetch time, status)
-- ``model:<project>`` -> the cached :class:`~pipgate.simple.model.ProjectPage` as JSON
+Keys (pages and lists belong to one page source, named by its upstream; blobs are
+shared by all):
+- ``page/<source>/<project>`` -> :class:`PageRecord` (validators, fetch time, status)
+- ``model/<source>/<project>`` -> the cached :class:`~pipgate.simple.model.ProjectPage`
+  as JSON
+- ``list/<source>`` -> :class:`ListRecord` (that upstream's project list on disk)
 - ``blob:<sha256>`` -> :class:`BlobRecord` (what a blob is and whether it was verified)
 - ``alias:<file key>`` -> sha256, for files whose upstream published no sha256
-- ``root`` -> :class:`RootRecord` (the rendered ``/simple/`` list on disk)
 - ``atime:<sha256>`` -> last time the blob was served (LRU eviction)
-- ``total_size`` -> bytes of all recorded blobs (an atomic counter shared by workers)
+- ``total_size``, ``total_files`` -> totals of all recorded blobs (atomic counters
+  shared by workers)
 
 The methods are async and run diskcache in a worker thread, so the event loop never
 waits on SQLite.
@@ -16,6 +20,7 @@ waits on SQLite.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,8 +60,8 @@ class BlobRecord:
 
 
 @dataclass(frozen=True)
-class RootRecord:
-    """The cached root project list (rendered files live in ``pages/``)."""
+class ListRecord:
+    """One upstream's cached project list (its sorted names file lives in ``lists/``)."""
 
     fetched_at: float
     digest: str
@@ -65,11 +70,23 @@ class RootRecord:
     last_modified: str | None = None
 
 
-class Index:
-    """Async facade over one diskcache ``Cache`` in ``<cache>/index``."""
+#: Key prefixes of the single-upstream layout before page sources had names.
+LEGACY_PREFIXES = ("page:", "model:")
+LEGACY_KEYS = ("root",)
+
+
+class Catalog:
+    """Async facade over one diskcache ``Cache`` in ``<cache>/catalog``."""
 
     def __init__(self, cache_dir: Path) -> None:
-        self._cache = diskcache.Cache(str(cache_dir / "index"), size_limit=1 << 40)
+        directory = cache_dir / "catalog"
+        legacy = cache_dir / "index"
+        if not directory.exists() and legacy.is_dir():
+            # Caches made before the rename: move, never rebuild (that would re-hash
+            # every blob at start-up).
+            with contextlib.suppress(OSError):
+                legacy.rename(directory)
+        self._cache = diskcache.Cache(str(directory), size_limit=1 << 40)
 
     def close(self) -> None:
         """Close the SQLite connection."""
@@ -82,26 +99,36 @@ class Index:
         await asyncio.to_thread(self._cache.set, key, value)
 
     # pages
-    async def get_page(self, project: str) -> PageRecord | None:
-        """The page record of a project, if any."""
-        raw = await self._get(f"page:{project}")
+    async def get_page(self, source: str, project: str) -> PageRecord | None:
+        """The page record of a project in one source, if any."""
+        raw = await self._get(f"page/{source}/{project}")
         return PageRecord(**raw) if raw else None
 
-    async def get_model(self, project: str) -> bytes | None:
+    async def get_model(self, source: str, project: str) -> bytes | None:
         """The cached model JSON of a project page, if any."""
-        value = await self._get(f"model:{project}")
+        value = await self._get(f"model/{source}/{project}")
         return bytes(value) if value is not None else None
 
-    async def put_page(self, project: str, record: PageRecord, model: bytes | None) -> None:
+    async def put_page(
+        self, source: str, project: str, record: PageRecord, model: bytes | None
+    ) -> None:
         """Store a page record and, when given, its model (both in one transaction)."""
 
         def write() -> None:
             with self._cache.transact():
                 if model is not None:
-                    self._cache.set(f"model:{project}", model)
-                self._cache.set(f"page:{project}", asdict(record))
+                    self._cache.set(f"model/{source}/{project}", model)
+                self._cache.set(f"page/{source}/{project}", asdict(record))
 
         await asyncio.to_thread(write)
+
+    def drop_legacy_keys(self) -> int:
+        """Remove page records of the old unnamed layout (blocking; start-up)."""
+        removed = 0
+        for key in list(self._cache.iterkeys()):
+            if isinstance(key, str) and (key.startswith(LEGACY_PREFIXES) or key in LEGACY_KEYS):
+                removed += bool(self._cache.delete(key))
+        return removed
 
     # blobs
     async def get_blob(self, sha256: str) -> BlobRecord | None:
@@ -126,19 +153,19 @@ class Index:
 
         Returns whether it was new.
         """
+        return await asyncio.to_thread(self.record_blob_now, sha256, record)
 
-        def write() -> bool:
-            with self._cache.transact():
-                known = self._cache.get(f"blob:{sha256}")
-                self._cache.set(f"blob:{sha256}", asdict(record))
-                self._cache.set(f"atime:{sha256}", record.stored_at)
-                if known is None:
-                    self._cache.incr("total_size", record.size, default=0)
-                    self._cache.incr("total_files", 1, default=0)
-                    return True
-                return False
-
-        return await asyncio.to_thread(write)
+    def record_blob_now(self, sha256: str, record: BlobRecord) -> bool:
+        """Blocking :meth:`record_blob`."""
+        with self._cache.transact():
+            known = self._cache.get(f"blob:{sha256}")
+            self._cache.set(f"blob:{sha256}", asdict(record))
+            self._cache.set(f"atime:{sha256}", record.stored_at)
+            if known is None:
+                self._cache.incr("total_size", record.size, default=0)
+                self._cache.incr("total_files", 1, default=0)
+                return True
+            return False
 
     async def touch(self, sha256: str, when: float) -> None:
         """Remember that a blob was served (for least-recently-used eviction)."""
@@ -192,19 +219,19 @@ class Index:
         """Write a blob record (blocking; reconciliation)."""
         self._cache.set(f"blob:{sha256}", asdict(record))
 
-    def cached_blob(self, key: str) -> tuple[str, BlobRecord] | None:
-        """The sha256 and record of the blob a file key names (blocking: the hot path
-        of cache hits runs it in one worker-thread hop with the other look-ups)."""
-        sha = key if len(key) == 64 else self._cache.get(f"alias:{key}")
-        if not sha:
-            return None
-        raw = self._cache.get(f"blob:{sha}")
-        return (str(sha), BlobRecord(**raw)) if raw else None
+    def sha256_for(self, key: str) -> str | None:
+        """The sha256 a file key names: the key itself, or its alias (blocking: the
+        hot path of cache hits runs it in one worker-thread hop with the other
+        look-ups)."""
+        if len(key) == 64:
+            return key
+        value = self._cache.get(f"alias:{key}")
+        return str(value) if value else None
 
-    def project_status(self, project: str) -> str | None:
-        """The PEP 792 status of a cached page, if the page is cached (blocking)."""
-        raw = self._cache.get(f"page:{project}")
-        return str(raw.get("project_status", "active")) if raw else None
+    def blob_record(self, sha256: str) -> BlobRecord | None:
+        """Blocking :meth:`get_blob`."""
+        raw = self._cache.get(f"blob:{sha256}")
+        return BlobRecord(**raw) if raw else None
 
     async def get_alias(self, key: str) -> str | None:
         """The sha256 stored for a non-sha256 file key."""
@@ -215,12 +242,12 @@ class Index:
         """Remember the sha256 of a file known by another key."""
         await self._set(f"alias:{key}", sha256)
 
-    # root
-    async def get_root(self) -> RootRecord | None:
-        """The record of the cached root list, if any."""
-        raw = await self._get("root")
-        return RootRecord(**raw) if raw else None
+    # project lists
+    async def get_list(self, source: str) -> ListRecord | None:
+        """The record of one source's cached project list, if any."""
+        raw = await self._get(f"list/{source}")
+        return ListRecord(**raw) if raw else None
 
-    async def put_root(self, record: RootRecord) -> None:
-        """Replace the root list record."""
-        await self._set("root", asdict(record))
+    async def put_list(self, source: str, record: ListRecord) -> None:
+        """Replace one source's project list record."""
+        await self._set(f"list/{source}", asdict(record))

@@ -1,0 +1,486 @@
+"""The declaration of every setting, and the frozen objects the loader builds from them.
+
+Each key is declared once, as a :class:`Setting`; its TOML key, its ``PIPGATE_*``
+environment variable and its command-line flag are derived from that declaration.
+Settings live in four tables: server-wide ones (``[server]``, ``[cache]``,
+``[policy]``), one slice per upstream (``[upstream]`` or ``[[upstream]]``: everything an
+upstream client needs, and nothing else), and the routing rules (``[[route]]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pipgate.config import values as v
+from pipgate.redact import upstream_label
+
+ENV_PREFIX = "PIPGATE_"
+#: The PyPI file host, allowed by default for an upstream at pypi.org.
+PYPI_FILES = "https://files.pythonhosted.org"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration key and all the names it goes by."""
+
+    #: Base of the environment variable (``PIPGATE_<NAME>``) and the flag (``--name``).
+    name: str
+    #: The TOML table (``server``, ``cache``, ``policy``, ``upstream``, ``route``).
+    table: str
+    #: The key inside the table.
+    key: str
+    parse: Callable[[Any], Any]
+    help: str
+    flag: bool = False
+    metavar: str | None = None
+    #: Attribute of the built object (default: ``name``).
+    attr: str = ""
+    #: Whether a ``PIPGATE_*`` variable sets it (``[[route]]`` keys are TOML only).
+    env: bool = True
+
+    @property
+    def field(self) -> str:
+        return self.attr or self.name
+
+    @property
+    def toml_key(self) -> str:
+        return f"{self.table}.{self.key}"
+
+    @property
+    def env_var(self) -> str | None:
+        return ENV_PREFIX + self.name.upper() if self.env else None
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _s(
+    name: str, table: str, key: str, parse: Callable[[Any], Any], help: str, **kw: Any
+) -> Setting:
+    return Setting(name, table, key, parse, help, **kw)
+
+
+#: Server-wide settings: one value for the whole server.
+SERVER_SETTINGS: tuple[Setting, ...] = (
+    _s("host", "server", "host", v.parse_host, "address to listen on", flag=True),
+    _s("port", "server", "port", v.parse_port, "TCP port to listen on", flag=True),
+    _s(
+        "public_url",
+        "server",
+        "public_url",
+        v.parse_optional_base_url,
+        "absolute base URL for file links (default: relative links)",
+    ),
+    _s(
+        "trust_forwarded",
+        "server",
+        "trust_forwarded",
+        v.parse_bool,
+        "build absolute file links from X-Forwarded-Proto/Host (behind a reverse proxy)",
+    ),
+    _s("log_level", "server", "log_level", v.parse_log_level, "debug|info|warning|error"),
+    _s(
+        "log_format",
+        "server",
+        "log_format",
+        v.parse_log_format,
+        "json (one object per line) or text",
+        flag=True,
+        metavar="FORMAT",
+    ),
+    _s(
+        "workers",
+        "server",
+        "workers",
+        v.parse_positive_int,
+        "worker processes sharing the port and the cache",
+        flag=True,
+        metavar="N",
+    ),
+    _s("cache_dir", "cache", "dir", v.parse_path, "cache directory", flag=True),
+    _s(
+        "index_ttl",
+        "cache",
+        "index_ttl",
+        v.parse_duration,
+        "how long a project page is fresh before revalidation (e.g. 600, 10m)",
+        flag=True,
+    ),
+    _s(
+        "root_ttl",
+        "cache",
+        "root_ttl",
+        v.parse_duration,
+        "how long the /simple/ project list is fresh (it is large)",
+    ),
+    _s(
+        "negative_ttl",
+        "cache",
+        "negative_ttl",
+        v.parse_duration,
+        "how long an upstream 404 is remembered",
+    ),
+    _s(
+        "max_stale",
+        "cache",
+        "max_stale",
+        v.parse_duration,
+        "how old a cached page may be when served because upstream fails",
+    ),
+    _s(
+        "max_size",
+        "cache",
+        "max_size",
+        v.parse_size,
+        "largest total size of cached files (e.g. 50GB; 0 = unlimited)",
+    ),
+    _s(
+        "scrub_rate",
+        "cache",
+        "scrub_rate",
+        v.parse_size,
+        "bytes per second re-hashed by the background integrity scrub (0 = off)",
+    ),
+    _s(
+        "deny",
+        "policy",
+        "deny",
+        v.parse_project_patterns,
+        "projects never served (names or patterns like 'evil-*'); reason 'policy'",
+    ),
+)
+
+#: The slice of one upstream. Environment variables and flags set the first upstream.
+UPSTREAM_SETTINGS: tuple[Setting, ...] = (
+    _s(
+        "upstream_name",
+        "upstream",
+        "name",
+        v.parse_upstream_name,
+        "short name of the upstream for routes, metrics and logs (default: its host)",
+        attr="name",
+    ),
+    _s(
+        "upstream",
+        "upstream",
+        "url",
+        v.parse_index_url,
+        "upstream simple index URL",
+        flag=True,
+        metavar="URL",
+        attr="url",
+    ),
+    _s(
+        "file_hosts",
+        "upstream",
+        "file_hosts",
+        v.parse_optional_origins,
+        "other origins the index's file links may point to (pypi.org: files.pythonhosted.org)",
+    ),
+    _s(
+        "require_hashes",
+        "upstream",
+        "require_hashes",
+        v.parse_bool,
+        "refuse files the index publishes no sha256 for (403) instead of caching them unverified",
+    ),
+    _s("connect_timeout", "upstream", "connect_timeout", v.parse_duration, "connect timeout"),
+    _s("read_timeout", "upstream", "read_timeout", v.parse_duration, "idle read timeout"),
+    _s(
+        "page_timeout",
+        "upstream",
+        "page_timeout",
+        v.parse_duration,
+        "total time allowed for one index page fetch",
+    ),
+    _s(
+        "retries",
+        "upstream",
+        "retries",
+        v.parse_int,
+        "extra attempts for a failed fetch (connection errors, timeouts, 429, 5xx)",
+    ),
+    _s(
+        "retry_max_time",
+        "upstream",
+        "retry_max_time",
+        v.parse_duration,
+        "longest total time spent retrying one fetch",
+    ),
+    _s(
+        "down_after",
+        "upstream",
+        "down_after",
+        v.parse_positive_int,
+        "consecutive failures after which the upstream is marked down",
+    ),
+    _s(
+        "down_cooldown",
+        "upstream",
+        "down_cooldown",
+        v.parse_duration,
+        "how long a down upstream is skipped before it is probed again",
+    ),
+    _s(
+        "proxy",
+        "upstream",
+        "proxy",
+        v.parse_proxies,
+        "corporate proxy URL, or an ordered list tried in turn (default: HTTP(S)_PROXY)",
+        flag=True,
+        metavar="URL",
+    ),
+    _s(
+        "proxy_auth_env",
+        "upstream",
+        "proxy_auth_env",
+        v.parse_optional_text,
+        "name of an environment variable holding proxy credentials as user:password",
+    ),
+    _s(
+        "proxy_auth_file",
+        "upstream",
+        "proxy_auth_file",
+        v.parse_optional_path,
+        "file holding proxy credentials as user:password (e.g. a Docker secret)",
+    ),
+    _s(
+        "proxy_cooldown",
+        "upstream",
+        "proxy_cooldown",
+        v.parse_duration,
+        "how long a failing proxy is skipped",
+    ),
+    _s(
+        "ca_bundle",
+        "upstream",
+        "ca_bundle",
+        v.parse_optional_path,
+        "PEM file of CA certificates for upstream TLS (a TLS-intercepting proxy's CA)",
+    ),
+    _s(
+        "ca_bundle_mode",
+        "upstream",
+        "ca_bundle_mode",
+        v.parse_ca_mode,
+        "add: system CAs plus ca_bundle; replace: only ca_bundle",
+    ),
+    _s(
+        "client_cert",
+        "upstream",
+        "client_cert",
+        v.parse_optional_path,
+        "client certificate (PEM) for mutual TLS",
+    ),
+    _s("client_key", "upstream", "client_key", v.parse_optional_path, "key of client_cert"),
+    _s(
+        "verify",
+        "upstream",
+        "verify",
+        v.parse_bool,
+        "verify upstream TLS certificates (false is insecure and loudly reported)",
+    ),
+    _s(
+        "username",
+        "upstream",
+        "username",
+        v.parse_optional_text,
+        "user name for HTTP basic auth to a private index",
+    ),
+    _s(
+        "password_env",
+        "upstream",
+        "password_env",
+        v.parse_optional_text,
+        "name of an environment variable holding the basic-auth password",
+    ),
+    _s(
+        "password_file",
+        "upstream",
+        "password_file",
+        v.parse_optional_path,
+        "file holding the basic-auth password",
+    ),
+    _s(
+        "token_env",
+        "upstream",
+        "token_env",
+        v.parse_optional_text,
+        "name of an environment variable holding a bearer token",
+    ),
+    _s(
+        "token_file", "upstream", "token_file", v.parse_optional_path, "file holding a bearer token"
+    ),
+)
+
+#: One routing rule (``[[route]]``); TOML only.
+ROUTE_SETTINGS: tuple[Setting, ...] = (
+    _s(
+        "projects",
+        "route",
+        "projects",
+        v.parse_required_patterns,
+        "project names or globs this rule applies to (PEP 503 normalised)",
+        env=False,
+    ),
+    _s(
+        "upstreams",
+        "route",
+        "upstreams",
+        v.parse_upstream_names,
+        "the upstreams, in order, that may serve these projects",
+        env=False,
+    ),
+    _s(
+        "merge",
+        "route",
+        "merge",
+        v.parse_bool,
+        "combine the files of these upstreams (first wins on a filename) instead of "
+        "taking the first that has the project",
+        env=False,
+    ),
+)
+
+SETTINGS: tuple[Setting, ...] = SERVER_SETTINGS + UPSTREAM_SETTINGS + ROUTE_SETTINGS
+
+
+# --- the built objects -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """An upstream's credentials and the proxy environment, read once at start-up.
+
+    ``repr`` shows no value, so a logged or printed Config never leaks them.
+    """
+
+    proxy_auth: tuple[str, str] | None = field(default=None, repr=False)
+    #: Basic auth for the index's own origin (``username`` + password, or the
+    #: credentials written in the upstream URL).
+    basic_auth: tuple[str, str] | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    #: ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` (either case), honoured when no
+    #: ``proxy`` is configured for this upstream.
+    env_proxies: dict[str, str] = field(default_factory=dict, repr=False)
+    #: ``REQUESTS_CA_BUNDLE`` (``SSL_CERT_FILE`` is honoured by the ssl module itself).
+    env_ca_bundle: Path | None = None
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """Everything one upstream client needs: its slice of the configuration."""
+
+    #: Short name for routes, metric labels and logs (default: ``host[:port]``).
+    name: str = ""
+    #: The simple index URL, ending in ``/``, without credentials.
+    url: str = "https://pypi.org/simple/"
+    #: Origins besides the index's own that file links may point to; ``None``: the
+    #: default (``files.pythonhosted.org`` for pypi.org, none otherwise).
+    file_hosts: tuple[str, ...] | None = None
+    require_hashes: bool = False
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    page_timeout: float = 60.0
+    retries: int = 2
+    retry_max_time: float = 30.0
+    down_after: int = 5
+    down_cooldown: float = 30.0
+    proxy: tuple[str, ...] = ()
+    proxy_auth_env: str | None = None
+    proxy_auth_file: Path | None = None
+    proxy_cooldown: float = 60.0
+    ca_bundle: Path | None = None
+    ca_bundle_mode: str = "add"
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    verify: bool = True
+    username: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    token_env: str | None = None
+    token_file: Path | None = None
+    secrets: Secrets = field(default_factory=Secrets)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", upstream_label(self.url))
+
+    @property
+    def origin(self) -> str:
+        """The index's own origin (credentials go there and nowhere else)."""
+        return origin_of(self.url)
+
+    @property
+    def file_origins(self) -> tuple[str, ...]:
+        """Every origin file links may point to: the index's own first."""
+        extra = self.file_hosts
+        if extra is None:
+            extra = (PYPI_FILES,) if urlsplit(self.url).hostname == "pypi.org" else ()
+        return (self.origin, *(o for o in extra if o != self.origin))
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """One ``[[route]]`` rule: these projects come from these upstreams, in this order."""
+
+    projects: tuple[str, ...]
+    upstreams: tuple[str, ...]
+    merge: bool = False
+
+
+def _default_upstreams() -> tuple[UpstreamConfig, ...]:
+    return (UpstreamConfig(),)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The resolved configuration; built once at start and passed down."""
+
+    host: str = "127.0.0.1"
+    port: int = 3141
+    public_url: str | None = None
+    trust_forwarded: bool = False
+    log_level: str = "info"
+    log_format: str = "text"
+    workers: int = 1
+    cache_dir: Path = field(default_factory=v.default_cache_dir)
+    index_ttl: float = 600.0
+    root_ttl: float = 3600.0
+    negative_ttl: float = 60.0
+    max_stale: float = 86400.0
+    max_size: int = 0
+    scrub_rate: int = 0
+    deny: tuple[str, ...] = ()
+    #: The upstreams in their configured order (the default route order).
+    upstreams: tuple[UpstreamConfig, ...] = field(default_factory=_default_upstreams)
+    routes: tuple[RouteConfig, ...] = ()
+    #: Where the values came from, for ``pipgate doctor`` and start-up logs.
+    config_file: Path | None = None
+
+    def upstream(self, name: str) -> UpstreamConfig:
+        """The slice of the upstream called ``name`` (``KeyError`` if none)."""
+        for upstream in self.upstreams:
+            if upstream.name == name:
+                return upstream
+        raise KeyError(name)
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``, lowercase, without a default port."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = 443 if parts.scheme == "https" else 80
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host if port in (None, default) else f"{host}:{port}"
+    return f"{parts.scheme.lower()}://{netloc}"

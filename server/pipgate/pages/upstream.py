@@ -1,0 +1,265 @@
+"""The page source of one upstream: fetch, parse once, cache with a TTL, serve stale.
+
+Freshness rules (why each exists):
+- a page younger than ``index_ttl`` is served from cache (yank status and PEP 792
+  status change upstream, so pages cannot be cached forever: PEP 592);
+- an older page, or one a client asked to revalidate (``Cache-Control: no-cache`` or
+  ``max-age=0``), is revalidated upstream with ``If-None-Match``/``If-Modified-Since``
+  when upstream gave validators, else refetched and compared by content digest;
+- when upstream fails, what is cached up to ``max_stale`` old is served and marked
+  stale, a remembered "not found" included (so the router keeps its decision of which
+  upstream owns a project while an earlier one is unreachable);
+- an upstream 404 is remembered for ``negative_ttl``.
+Concurrent requests for the same project share one upstream fetch. File links that
+leave the upstream's origins (``file_hosts``) are dropped when a page is parsed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+
+from pipgate.config import Config
+from pipgate.errors import Reason, UpstreamError
+from pipgate.failures import FailureReporter
+from pipgate.metrics import Metrics
+from pipgate.pages.project_list import UpstreamList
+from pipgate.pages.source import FileOffer, Offers, PageView, ProjectList
+from pipgate.redact import redact_url
+from pipgate.simple.model import ProjectPage
+from pipgate.simple.parse import PageParseError, parse_project_html, parse_project_json
+from pipgate.store.catalog import Catalog, PageRecord
+from pipgate.upstream.client import PageFetch, UpstreamClient
+from pipgate.upstream.origins import keep_allowed_files
+
+log = logging.getLogger("pipgate.pages")
+
+#: Parsed pages kept in memory, by content digest (big projects parse in ~50 ms).
+MODEL_CACHE_SIZE = 256
+#: How long this worker trusts a page record it read, before reading it again (other
+#: workers may have refreshed it); a fresh record stays valid for the page TTL anyway.
+RECORD_MEMO_SECONDS = 2.0
+RECORD_MEMO_ENTRIES = 10_000
+
+
+class UpstreamPages:
+    """The :class:`~pipgate.pages.source.PageSource` of one upstream."""
+
+    def __init__(
+        self,
+        config: Config,
+        client: UpstreamClient,
+        catalog: Catalog,
+        metrics: Metrics,
+        reporter: FailureReporter,
+    ) -> None:
+        self._config = config
+        self._client = client
+        self.name = client.name
+        self._catalog = catalog
+        self._metrics = metrics
+        self._reporter = reporter
+        self._inflight: dict[str, asyncio.Task[PageView]] = {}
+        self._models: OrderedDict[str, tuple[ProjectPage, Offers]] = OrderedDict()
+        self._records: dict[str, tuple[PageRecord, float]] = {}
+        self._list = UpstreamList(
+            client,
+            catalog,
+            reporter,
+            config.cache_dir / "lists" / _dir_name(client.name),
+            ttl=config.root_ttl,
+            max_stale=config.max_stale,
+        )
+
+    async def project(self, name: str, *, revalidate: bool = False) -> PageView:
+        """The page of ``name`` in this upstream (a view without page if it has none)."""
+        if not revalidate:
+            record = await self._record(name)
+            if record is not None and record.age() < self._ttl(record):
+                view = await self._view(name, record, "hit")
+                if view is not None:
+                    return view
+        return await self._shared_refresh(name)
+
+    async def project_list(self, *, revalidate: bool = False) -> ProjectList:
+        """This upstream's project list."""
+        return await self._list.get(revalidate=revalidate)
+
+    async def find_file(self, name: str, key: str, filename: str) -> FileOffer | None:
+        """The offered file with this URL key and filename, if the page has it."""
+        return (await self.project(name)).offer(key, filename)
+
+    async def close(self) -> None:
+        await self._list.close()
+
+    # --- records and models ------------------------------------------------------------
+
+    async def _record(self, name: str) -> PageRecord | None:
+        memo = self._records.get(name)
+        if memo is not None and time.monotonic() - memo[1] < RECORD_MEMO_SECONDS:
+            return memo[0]
+        record = await self._catalog.get_page(self.name, name)
+        if record is not None:
+            self._remember_record(name, record)
+        return record
+
+    def _remember_record(self, name: str, record: PageRecord) -> None:
+        if len(self._records) >= RECORD_MEMO_ENTRIES:
+            self._records.clear()
+        self._records[name] = (record, time.monotonic())
+
+    def _ttl(self, record: PageRecord) -> float:
+        return self._config.index_ttl if record.status == 200 else self._config.negative_ttl
+
+    async def _view(self, name: str, record: PageRecord, result: str) -> PageView | None:
+        if record.status != 200:
+            return PageView(page=None, digest="", result=result, age=record.age())
+        memo = self._models.get(record.digest)
+        if memo is None:
+            model = await self._catalog.get_model(self.name, name)
+            if model is None or hashlib.sha256(model).hexdigest() != record.digest:
+                return None
+            page = await asyncio.to_thread(ProjectPage.from_json, model)
+            memo = self._remember(record.digest, page)
+        else:
+            self._models.move_to_end(record.digest)
+        page, offers = memo
+        return PageView(
+            page=page,
+            digest=record.digest,
+            result=result,
+            age=record.age(),
+            upstream=self.name,
+            offers=offers,
+        )
+
+    def _remember(self, digest: str, page: ProjectPage) -> tuple[ProjectPage, Offers]:
+        memo = (page, Offers(page, self.name))
+        self._models[digest] = memo
+        self._models.move_to_end(digest)
+        while len(self._models) > MODEL_CACHE_SIZE:
+            self._models.popitem(last=False)
+        return memo
+
+    # --- refresh -------------------------------------------------------------------------
+
+    async def _shared_refresh(self, name: str) -> PageView:
+        task = self._inflight.get(name)
+        if task is None:
+            task = asyncio.create_task(self._refresh(name), name=f"page:{self.name}:{name}")
+            self._inflight[name] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(name, None))
+        # shield: one client going away must not cancel the fetch others wait for.
+        return await asyncio.shield(task)
+
+    async def _refresh(self, name: str) -> PageView:
+        record = await self._catalog.get_page(self.name, name)
+        cached_200 = record is not None and record.status == 200
+        try:
+            fetched = await self._client.fetch_page(
+                self._client.project_url(name),
+                etag=record.etag if cached_200 and record else None,
+                last_modified=record.last_modified if cached_200 and record else None,
+            )
+            return await self._store(name, record, fetched)
+        except UpstreamError as exc:
+            self._reporter.report(
+                exc, upstream=self.name, proxy=self._client.proxy_label(), project=name
+            )
+            if record is not None and record.age() <= self._config.max_stale:
+                view = await self._view(name, record, "stale")
+                if view is not None:
+                    return view
+            raise
+
+    async def _store(self, name: str, old: PageRecord | None, fetched: PageFetch) -> PageView:
+        now = time.time()
+        if fetched.status == 404:
+            record = PageRecord(status=404, fetched_at=now)
+            await self._catalog.put_page(self.name, name, record, None)
+            self._remember_record(name, record)
+            return PageView(page=None, digest="", result="miss", age=0.0)
+        if fetched.status == 304 and old is not None and old.status == 200:
+            record = PageRecord(
+                status=200,
+                fetched_at=now,
+                digest=old.digest,
+                etag=fetched.etag or old.etag,
+                last_modified=fetched.last_modified or old.last_modified,
+                project_status=old.project_status,
+            )
+            await self._catalog.put_page(self.name, name, record, None)
+            self._remember_record(name, record)
+            view = await self._view(name, record, "revalidated")
+            if view is not None:
+                return view
+            # The model vanished from the catalog: fetch unconditionally.
+            fetched = await self._client.fetch_page(self._client.project_url(name))
+        if fetched.status != 200:
+            raise UpstreamError(Reason.BAD_PAGE, f"unexpected status {fetched.status}")
+        page = await asyncio.to_thread(self._parse, fetched, name)
+        model = page.to_json()
+        digest = hashlib.sha256(model).hexdigest()
+        record = PageRecord(
+            status=200,
+            fetched_at=now,
+            digest=digest,
+            etag=fetched.etag,
+            last_modified=fetched.last_modified,
+            project_status=page.status,
+        )
+        unchanged = old is not None and old.status == 200 and old.digest == digest
+        await self._catalog.put_page(self.name, name, record, None if unchanged else model)
+        self._remember_record(name, record)
+        page, offers = self._remember(digest, page)
+        return PageView(
+            page=page,
+            digest=digest,
+            result="revalidated" if unchanged else "miss",
+            age=0.0,
+            upstream=self.name,
+            offers=offers,
+        )
+
+    def _parse(self, fetched: PageFetch, name: str) -> ProjectPage:
+        """Parse by Content-Type (sniffing when it is missing); drop unusable links."""
+        dropped: dict[str, int] = {}
+
+        def skipped(cause: str) -> None:
+            dropped[cause] = dropped.get(cause, 0) + 1
+
+        media = fetched.content_type.split(";", 1)[0].strip().lower()
+        is_json = media.endswith("+json") or media == "application/json"
+        if not media:
+            is_json = fetched.body.lstrip()[:1] == b"{"
+        try:
+            if is_json:
+                page = parse_project_json(fetched.body, fetched.url, name, on_skip=skipped)
+            else:
+                page = parse_project_html(fetched.body, fetched.url, name, on_skip=skipped)
+        except PageParseError as exc:
+            raise UpstreamError(
+                Reason.BAD_PAGE, f"unreadable page from {redact_url(fetched.url)}: {exc}"
+            ) from exc
+        page, foreign = keep_allowed_files(page, self._client.origins)
+        if foreign:
+            dropped["origin"] = foreign
+        for cause, count in dropped.items():
+            self._metrics.links_dropped.labels(upstream=self.name, cause=cause).inc(count)
+        if dropped:
+            log.warning(
+                "dropped %s links of %s from %s (file links must stay on its origins: %s)",
+                ", ".join(f"{n} {c}" for c, n in sorted(dropped.items())),
+                name,
+                self.name,
+                ", ".join(self._client.config.file_origins),
+            )
+        return page
+
+
+def _dir_name(name: str) -> str:
+    """A directory name for an upstream name (``:`` kept out of paths)."""
+    return name.replace("%", "%25").replace(":", "%3A")
