@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +79,8 @@ class Fetch:
     t_head: float
     t_body: float
     t_end: float
+    #: Response headers, names in lowercase.
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 class Connection:
@@ -109,14 +111,22 @@ class Connection:
             self._sock.close()
         self._sock = self._rfile = None
 
-    def get(self, path: str, *, hash_body: bool = False) -> Fetch:
-        """GET ``path``; the body is counted (and hashed if asked), never kept."""
+    def get(
+        self, path: str, *, hash_body: bool = False, headers: Mapping[str, str] | None = None
+    ) -> Fetch:
+        """GET ``path``; the body is counted (and hashed if asked), never kept.
+
+        ``headers`` are added to (or replace) ``Accept-Encoding: identity`` and the
+        User-Agent.
+        """
         if self._sock is None:
             self.connect()
         assert self._sock is not None and self._rfile is not None
+        fields = {"Accept-Encoding": "identity", "User-Agent": "pipgate-bench", **(headers or {})}
         request = (
             f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            "Accept-Encoding: identity\r\nUser-Agent: pipgate-bench\r\n\r\n"
+            + "".join(f"{name}: {value}\r\n" for name, value in fields.items())
+            + "\r\n"
         )
         t_sent = time.perf_counter()
         self._sock.sendall(request.encode())
@@ -126,36 +136,37 @@ class Connection:
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
             self.close()
             raise HttpError(f"GET {path}: bad status line {status_line[:80]!r}")
-        headers: dict[str, str] = {}
+        received: dict[str, str] = {}
         for _ in range(256):
             line = self._rfile.readline(65537)
             if line in (b"\r\n", b"\n", b""):
                 break
             name, _, value = line.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
+            received[name.strip().lower()] = value.strip()
         digest = hashlib.sha256() if hash_body else None
         self._t_body = 0.0
         try:
-            if "chunked" in headers.get("transfer-encoding", "").lower():
+            if "chunked" in received.get("transfer-encoding", "").lower():
                 nbytes = self._read_chunked(digest)
-            elif "content-length" in headers:
-                nbytes = self._read_exact(int(headers["content-length"]), digest)
+            elif "content-length" in received:
+                nbytes = self._read_exact(int(received["content-length"]), digest)
             else:
                 nbytes = self._read_to_eof(digest)
         except (HttpError, OSError):
             self.close()
             raise
-        if headers.get("connection", "").lower() == "close":
+        if received.get("connection", "").lower() == "close":
             self.close()
         return Fetch(
             status=int(parts[1]),
             nbytes=nbytes,
             sha256=digest.hexdigest() if digest else None,
-            reason=headers.get("x-pipgate-reason", ""),
+            reason=received.get("x-pipgate-reason", ""),
             t_sent=t_sent,
             t_head=t_head,
             t_body=self._t_body or time.perf_counter(),
             t_end=time.perf_counter(),
+            headers=received,
         )
 
     def _take(self, limit: int, digest: Any) -> int:
@@ -399,7 +410,13 @@ def make_file(directory: Path, size_mib: int) -> BenchFile:
 class Upstream:
     """``bench/upstream.py`` as a child process."""
 
-    def __init__(self, directory: Path, workdir: Path, python: str) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        workdir: Path,
+        python: str,
+        projects: Mapping[str, int] | None = None,
+    ) -> None:
         self.port = free_port()
         self.base = f"http://{HOST}:{self.port}"
         self.log_path = workdir / "upstream.log"
@@ -411,6 +428,9 @@ class Upstream:
             "--dir",
             str(directory),
         ]
+        # Page-only projects with this many synthetic files each (pages.py).
+        for name, count in (projects or {}).items():
+            argv += ["--project", f"{name}:{count}"]
         self.proc = start_process(argv, self.log_path)
         wait_healthy(f"{self.base}/_stats", self.proc, self.log_path, 30)
 
@@ -737,6 +757,7 @@ def report(result: dict[str, Any]) -> str:
     lines = [
         f"pipgate bench {result['date']}  ({result['machine']['cpus']} CPUs, "
         f"workers={result['config']['workers']}, clients, upstream and pipgate share the CPUs)",
+        f"pipgate from {result['pipgate_module']}",
         "",
         "warm throughput, median of rounds (MiB = 2^20 bytes; ms = per request)",
         f"{'size':>9} {'requests':>8} {'direct MiB/s':>12} {'pipgate MiB/s':>13} {'ratio':>5} "
@@ -806,6 +827,23 @@ def git_describe() -> str:
     return "unknown"
 
 
+def pipgate_origin(python: str) -> str:
+    """Where ``python`` imports pipgate from (run in the directory pipgate is started in,
+    so it tells which installation a run measured)."""
+    try:
+        found = subprocess.run(
+            [python, "-c", "import pipgate; print(pipgate.__file__)"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+            cwd=REPO,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BenchError(f"{python} cannot import pipgate: {exc}") from exc
+    return str(Path(found.stdout.strip()).parent)
+
+
 def parse_rate(text: str) -> float:
     """MiB/s from ``200``, ``200MB/s`` or ``200MiB/s`` (0 = unlimited)."""
     value = text.strip().lower()
@@ -839,6 +877,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--clients", type=int, default=32, help="concurrent herd clients")
     parser.add_argument("--workers", type=int, default=1, help="pipgate --workers (if > 1)")
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter that runs `-m pipgate serve` (another venv's pipgate; default: this one)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (files, logs)")
@@ -878,6 +921,8 @@ def watchdog(seconds: float) -> Iterator[None]:
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Set up, measure, and return the results (processes are stopped on the way out)."""
     python = sys.executable
+    origin = pipgate_origin(args.python)
+    log(f"pipgate from {origin}")
     files_dir = workdir / "files"
     files_dir.mkdir()
     herd_size = args.herd_size or max(args.sizes)
@@ -893,7 +938,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         procs.append(upstream.proc)
 
         log("warm phase: starting pipgate")
-        pipgate = Pipgate(workdir, "warm", upstream, args.workers, python)
+        pipgate = Pipgate(workdir, "warm", upstream, args.workers, args.python)
         procs.append(pipgate.proc)
         with RssSampler(pipgate.proc.pid) as sampler:
             warm_memory = {"idle": sampler.peaks()}
@@ -907,7 +952,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         stop_process(pipgate.proc)
 
         log(f"herd phase: fresh pipgate, {args.clients} clients on the {herd_size} MiB file")
-        pipgate = Pipgate(workdir, "herd", upstream, args.workers, python)
+        pipgate = Pipgate(workdir, "herd", upstream, args.workers, args.python)
         procs.append(pipgate.proc)
         with RssSampler(pipgate.proc.pid) as sampler:
             herd_memory = {"idle": sampler.peaks()}
@@ -946,6 +991,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "pipgate_command": command,
+        "pipgate_python": args.python,
+        "pipgate_module": origin,
         "git": git_describe(),
         "machine": {
             "cpus": os.cpu_count(),

@@ -12,13 +12,22 @@ paced stream when a rate is set), a JSON project page per project under
 Hashes come from ``manifest.json`` in ``--dir`` (``{filename: {"sha256": ...}}``, as
 written by ``bench.py``) and are computed for files it does not list.
 
-Run: ``python bench/upstream.py --port 8000 --dir /path/to/files [--rate BYTES_PER_S]``
+``--project NAME:N`` (repeatable, for ``pages.py``) adds a page-only project of N
+files shaped like a PyPI release history (per release an sdist and wheels for several
+Pythons and platforms, with hashes, ``core-metadata``, ``requires-python``, sizes and
+upload times, one release yanked), so pages cost what real ones do; its file URLs
+answer 404. Page bodies are built once per host and served gzipped when the client
+accepts it, as PyPI's CDN does, so the upstream is a cheap reference to measure against.
+
+Run: ``python bench/upstream.py --port 8000 --dir /path/to/files [--rate BYTES_PER_S]
+[--project midsize:200]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import hashlib
 import json
 import re
@@ -32,6 +41,19 @@ JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 UPLOAD_TIME = "2024-01-01T00:00:00Z"
 CHUNK = 1 << 20
 SUFFIXES = (".whl", ".tar.gz", ".zip")
+#: The wheels of one synthetic release (with its sdist: 10 files, like a project with
+#: compiled extensions).
+WHEEL_TAGS = (
+    "cp310-cp310-manylinux_2_17_x86_64.manylinux2014_x86_64",
+    "cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64",
+    "cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64",
+    "cp313-cp313-manylinux_2_17_x86_64.manylinux2014_x86_64",
+    "cp312-cp312-manylinux_2_17_aarch64.manylinux2014_aarch64",
+    "cp312-cp312-macosx_11_0_arm64",
+    "cp312-cp312-win_amd64",
+    "cp313-cp313-win_amd64",
+    "py3-none-any",
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +76,10 @@ class State:
     rate: int
     gets: Counter[str]
     direct_gets: Counter[str]
+    #: Page-only projects: name -> number of synthetic files.
+    synthetic: dict[str, int]
+    #: Page bodies by (project, host, gzipped): the content never changes.
+    bodies: dict[tuple[str, str, bool], bytes]
 
 
 STATE = web.AppKey("state", State)
@@ -94,25 +120,75 @@ def load_dists(directory: Path) -> dict[str, Dist]:
     return dists
 
 
+def synthetic_files(project: str, count: int, base: str) -> list[dict[str, object]]:
+    """``count`` file entries of releases 1.0.0, 1.1.0, ... (newest last, as PyPI lists
+    them); the hashes are made up but well-formed, and release 1.1.0 is yanked."""
+    files: list[dict[str, object]] = []
+    stem = project.replace("-", "_")
+    for number in range(count):
+        release, slot = divmod(number, len(WHEEL_TAGS) + 1)
+        version = f"1.{release}.0"
+        if slot == 0:
+            filename = f"{stem}-{version}.tar.gz"
+        else:
+            filename = f"{stem}-{version}-{WHEEL_TAGS[slot - 1]}.whl"
+        digest = hashlib.sha256(filename.encode()).hexdigest()
+        entry: dict[str, object] = {
+            "filename": filename,
+            "url": base + filename,
+            "hashes": {"sha256": digest},
+            "requires-python": ">=3.10",
+            "size": 200_000 + int(digest[:5], 16),
+            "upload-time": f"2024-{release % 12 + 1:02d}-{slot + 1:02d}T12:00:00.000000Z",
+            "yanked": "broken build" if release == 1 else False,
+        }
+        if slot:
+            entry["core-metadata"] = {"sha256": hashlib.sha256(digest.encode()).hexdigest()}
+            entry["data-dist-info-metadata"] = entry["core-metadata"]
+        files.append(entry)
+    return files
+
+
 def _json(body: object, content_type: str = "application/json") -> web.Response:
     return web.Response(body=json.dumps(body).encode(), content_type=content_type)
 
 
 async def root(request: web.Request) -> web.Response:
     """The PEP 691 project list."""
-    projects = sorted({d.project for d in request.app[STATE].dists.values()})
+    state = request.app[STATE]
+    projects = sorted({d.project for d in state.dists.values()} | set(state.synthetic))
     return _json(
         {"meta": {"api-version": "1.1"}, "projects": [{"name": p} for p in projects]}, JSON_TYPE
     )
 
 
 async def project_page(request: web.Request) -> web.Response:
-    """A PEP 691 project page with absolute file URLs."""
+    """A PEP 691 project page with absolute file URLs (gzipped if the client accepts)."""
+    state = request.app[STATE]
     project = request.match_info["project"]
-    dists = [d for d in request.app[STATE].dists.values() if d.project == project]
-    if not dists:
-        raise web.HTTPNotFound(text="no such project\n")
-    base = f"{request.scheme}://{request.host}/files/"
+    gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
+    key = (project, request.host, gzipped)
+    body = state.bodies.get(key)
+    if body is None:
+        page = page_json(state, project, f"{request.scheme}://{request.host}/files/")
+        if page is None:
+            raise web.HTTPNotFound(text="no such project\n")
+        body = json.dumps(page).encode()
+        if gzipped:
+            body = gzip.compress(body, mtime=0)
+        if len(state.bodies) < 1000:
+            state.bodies[key] = body
+    response = web.Response(body=body, content_type=JSON_TYPE)
+    if gzipped:
+        response.headers["Content-Encoding"] = "gzip"
+    return response
+
+
+def page_json(state: State, project: str, base: str) -> dict[str, object] | None:
+    """The PEP 691 page of ``project`` (its files on disk, or synthetic), if it exists."""
+    dists = [d for d in state.dists.values() if d.project == project]
+    if not dists and project not in state.synthetic:
+        return None
     files = [
         {
             "filename": d.filename,
@@ -124,9 +200,12 @@ async def project_page(request: web.Request) -> web.Response:
         }
         for d in dists
     ]
-    versions = sorted({d.version for d in dists})
-    body = {"meta": {"api-version": "1.1"}, "name": project, "files": files, "versions": versions}
-    return _json(body, JSON_TYPE)
+    files += synthetic_files(project, state.synthetic.get(project, 0), base)
+    versions = sorted(
+        {str(f["filename"]).split("-")[1].removesuffix(".tar.gz") for f in files},
+        key=lambda v: tuple(int(p) for p in v.split(".") if p.isdigit()),
+    )
+    return {"meta": {"api-version": "1.1"}, "name": project, "files": files, "versions": versions}
 
 
 async def file(request: web.Request) -> web.StreamResponse:
@@ -184,11 +263,18 @@ async def set_rate(request: web.Request) -> web.Response:
     return _json({"rate": request.app[STATE].rate})
 
 
-def create_app(directory: Path, rate: int = 0) -> web.Application:
-    """The upstream application for the files in ``directory``."""
+def create_app(
+    directory: Path, rate: int = 0, synthetic: dict[str, int] | None = None
+) -> web.Application:
+    """The upstream application for the files in ``directory`` (and page-only projects)."""
     app = web.Application()
     app[STATE] = State(
-        dists=load_dists(directory), rate=rate, gets=Counter(), direct_gets=Counter()
+        dists=load_dists(directory),
+        rate=rate,
+        gets=Counter(),
+        direct_gets=Counter(),
+        synthetic={normalize(name): n for name, n in (synthetic or {}).items()},
+        bodies={},
     )
     app.router.add_get("/simple/", root)
     app.router.add_get("/simple/{project}/", project_page)
@@ -197,6 +283,14 @@ def create_app(directory: Path, rate: int = 0) -> web.Application:
     app.router.add_get("/_stats", stats)
     app.router.add_post("/_rate", set_rate)
     return app
+
+
+def parse_project(text: str) -> tuple[str, int]:
+    """``NAME:N`` -> (normalised name, N)."""
+    name, _, count = text.rpartition(":")
+    if not name or not count.isdigit() or int(count) < 1:
+        raise argparse.ArgumentTypeError(f"expected NAME:N (N >= 1 files), got {text!r}")
+    return normalize(name), int(count)
 
 
 def main() -> None:
@@ -208,8 +302,16 @@ def main() -> None:
     parser.add_argument(
         "--rate", type=int, default=0, help="bytes/s per file response (0 = unlimited)"
     )
+    parser.add_argument(
+        "--project",
+        type=parse_project,
+        action="append",
+        default=[],
+        metavar="NAME:N",
+        help="a page-only project with N synthetic files (repeatable)",
+    )
     args = parser.parse_args()
-    app = create_app(args.dir, args.rate)
+    app = create_app(args.dir, args.rate, dict(args.project))
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
 
 

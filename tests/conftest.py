@@ -16,7 +16,6 @@ from tests.support.fake_pypi import FakePyPI
 from tests.support.packages import BuiltDist, build_wheel
 from tests.support.server import PipgateProcess
 
-
 #: Fields of one upstream's slice (the rest of the overrides are server-wide).
 UPSTREAM_FIELDS = frozenset(UpstreamConfig.__dataclass_fields__)
 

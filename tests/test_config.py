@@ -162,3 +162,110 @@ def test_proxy_environment_is_captured_once_in_either_case() -> None:
     config = load_config(env={"HTTPS_PROXY": "http://p:1", "no_proxy": "corp"})
     expected = {"https_proxy": "http://p:1", "no_proxy": "corp"}
     assert config.upstreams[0].secrets.env_proxies == expected
+
+
+SEVERAL = """
+[[upstream]]
+name = "internal"
+url = "https://ci:t0ken@artifactory.corp.example/api/pypi/pypi-local/simple"
+[[upstream]]
+name = "pypi"
+url = "https://pypi.org/simple/"
+proxy = ["http://proxy.corp:3128"]
+[[upstream]]
+name = "pytorch"
+url = "https://download.pytorch.org/whl/cpu/"
+file_hosts = ["https://*.pytorch.org/"]
+[[route]]
+projects = ["torch", "Torch_Vision", "torchaudio"]
+upstreams = ["pytorch"]
+[[route]]
+projects = ["corp-*"]
+upstreams = ["internal"]
+"""
+
+
+def test_several_upstreams_each_get_their_own_slice(tmp_path: Path) -> None:
+    config = load_config(config_file=write(tmp_path, SEVERAL), env={"PIPGATE_RETRIES": "4"})
+    internal, pypi, pytorch = config.upstreams
+    assert [u.name for u in config.upstreams] == ["internal", "pypi", "pytorch"]
+    # Credentials written in the URL become basic auth for that index and leave the URL.
+    assert internal.url == "https://artifactory.corp.example/api/pypi/pypi-local/simple/"
+    assert internal.secrets.basic_auth == ("ci", "t0ken")
+    assert "t0ken" not in repr(config)
+    assert pypi.proxy == ("http://proxy.corp:3128",) and internal.proxy == ()
+    assert pytorch.file_origins == ("https://download.pytorch.org", "https://*.pytorch.org")
+    assert internal.file_origins == ("https://artifactory.corp.example",)
+    # Environment variables and flags set the first upstream only.
+    assert (internal.retries, pypi.retries) == (4, 2)
+    assert config.routes[0].projects == ("torch", "torch-vision", "torchaudio")
+    assert config.routes[1].upstreams == ("internal",)
+
+
+def test_the_single_upstream_flags_and_table_still_configure_one_upstream(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, '[upstream]\nurl = "https://mirror.example/simple/"\nretries = 1\n')
+    config = load_config(
+        config_file=path,
+        env={"PIPGATE_PROXY": "http://p1:3128,http://p2:3128"},
+        flags={"upstream": "https://other.example/simple"},
+    )
+    (only,) = config.upstreams
+    assert only.url == "https://other.example/simple/"  # the flag wins over the file
+    assert only.name == "other.example"
+    assert only.proxy == ("http://p1:3128", "http://p2:3128")
+    assert only.retries == 1
+
+
+@pytest.mark.parametrize(
+    ("toml", "needle"),
+    [
+        (
+            '[[upstream]]\nurl = "https://a.example/simple/"\n'
+            '[[upstream]]\nurl = "https://a.example/other/"\n',
+            "upstream[a.example].name: two upstreams are called 'a.example'",
+        ),
+        ('[[upstream]]\nname = "bad name"\n', "upstream[1].name"),
+        ('[[upstream]]\nname = "x"\nfile_hosts = ["https://h/path"]\n', "upstream[1].file_hosts"),
+        ('[[upstream]]\nname = "x"\nverify = "maybe"\n', "upstream[1].verify"),
+        ('[[upstream]]\nname = "x"\nttl = 1\n', "unknown key upstream[1].ttl"),
+        ('[[route]]\nupstreams = ["pypi.org"]\n', "route[1].projects: required"),
+        ('[[route]]\nprojects = ["a"]\n', "route[1].upstreams: required"),
+        (
+            '[[route]]\nprojects = ["a"]\nupstreams = ["nope"]\n',
+            "route[1].upstreams: no upstream is called 'nope' (configured: pypi.org)",
+        ),
+        ('[[route]]\nprojects = ["a b"]\nupstreams = ["pypi.org"]\n', "route[1].projects"),
+        ('[[route]]\nprojects = []\nupstreams = ["pypi.org"]\n', "route[1].projects"),
+        ('[[route]]\nprojects = ["a"]\nupstreams = ["pypi.org", "pypi.org"]\n', "twice"),
+        ('[[route]]\nprojects = ["a"]\nupstreams = ["pypi.org"]\nmerge = 3\n', "route[1].merge"),
+        ("[route]\nprojects = ['a']\n", "expected [[route]] tables"),
+        (
+            '[upstream]\nurl = "https://u:p@x.example/simple/"\nusername = "u"\n'
+            'password_env = "P"\n',
+            "upstream.url: has credentials, and so does password_*/token_*",
+        ),
+        (
+            '[[upstream]]\nname = "a"\nca_bundle = "/nonexistent.pem"\n'
+            '[[upstream]]\nname = "b"\n',
+            "upstream[a].ca_bundle: no such file",
+        ),
+    ],
+)
+def test_bad_upstream_and_route_tables_name_the_key(
+    tmp_path: Path, toml: str, needle: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(config_file=write(tmp_path, toml), env={"P": "x"})
+    assert needle in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_every_setting_is_in_the_readme_configuration_table() -> None:
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    for setting in SETTINGS:
+        assert f"`{setting.toml_key}`" in table or f"`{setting.key}`" in table, setting.toml_key
+        if setting.env_var and setting.table != "route":
+            assert f"`{setting.env_var}`" in table, setting.env_var

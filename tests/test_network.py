@@ -488,3 +488,63 @@ async def test_a_down_upstream_is_probed_again_after_its_cool_down(
     await asyncio.sleep(0.3)  # the cool-down itself is what is being tested
     assert (await gate.get("/simple/alpha/")).status == 200
     assert (await gate.get("/readyz")).status == 200
+
+
+def run_doctor_config(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipgate", "doctor", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PIPGATE_")},
+    )
+
+
+def test_doctor_checks_each_upstream_in_turn_or_the_one_named(
+    upstream: FakePyPI, tmp_path: Path
+) -> None:
+    config = tmp_path / "pipgate.toml"
+    config.write_text(
+        f'[cache]\ndir = "{tmp_path / "cache"}"\n'
+        f'[[upstream]]\nname = "internal"\nurl = "http://127.0.0.1:9/simple/"\nretries = 0\n'
+        f'[[upstream]]\nname = "pypi"\nurl = "{upstream.index_url}"\nretries = 0\n'
+    )
+    both = run_doctor_config(config, "--project", "alpha", "--json")
+    assert both.returncode == 1, both.stdout
+    steps = json.loads(both.stdout)["steps"]
+    failed = [s["name"] for s in steps if not s["ok"]]
+    assert failed == ["internal: tcp upstream"]
+    assert [s["name"] for s in steps][-2:] == ["pypi: index page alpha", "pypi: file download"]
+    one = run_doctor_config(config, "--project", "alpha", "--upstream-name", "pypi")
+    assert one.returncode == 0, one.stdout
+    assert "internal" not in one.stdout
+    unknown = run_doctor_config(config, "--upstream-name", "nope")
+    assert unknown.returncode == 1
+    assert "no upstream is called 'nope'" in unknown.stdout and "internal, pypi" in unknown.stdout
+
+
+def test_doctor_says_which_file_hosts_a_page_links_to_that_are_not_allowed(
+    upstream: FakePyPI, tmp_path: Path
+) -> None:
+    cdn = FakePyPI.with_sample_tree()
+    cdn.start()
+    upstream.files_url = cdn.url
+    try:
+        result = doctor(upstream.index_url, tmp_path)
+        assert result.returncode == 1
+        assert f"point to {cdn.url}, which is not among this upstream's file hosts" in (
+            result.stdout
+        )
+        assert "add it to file_hosts" in result.stdout
+        config = tmp_path / "allowed.toml"
+        config.write_text(
+            f'[cache]\ndir = "{tmp_path / "c2"}"\n'
+            f'[upstream]\nurl = "{upstream.index_url}"\nfile_hosts = ["{cdn.url}"]\n'
+        )
+        allowed = run_doctor_config(config, "--project", "alpha")
+        assert allowed.returncode == 0, allowed.stdout
+        # The probe download went to the files host, now allowed.
+        assert any(path.startswith("/packages/") for _, path, _ in cdn.requests)
+    finally:
+        cdn.stop()

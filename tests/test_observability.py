@@ -10,7 +10,6 @@ import json
 import logging
 import threading
 import urllib.request
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from aiohttp.test_utils import TestClient
 
 from pipgate.app import create_app
 from pipgate.config import Secrets
+from pipgate.errors import Reason
 from pipgate.store.blobs import BlobWriter
 from pipgate.upstream import client as upstream_client
 from tests.conftest import GateFactory, gate_config
@@ -61,7 +61,14 @@ FAULTS = [
     "proxy_connect",
     "disk_full",
     "policy",
+    "redirect",
 ]
+
+
+def test_every_reason_of_the_closed_set_is_exercised() -> None:
+    """Every reason is produced above, but proxy_auth (its own test below needs a real
+    proxy) and other (the catch-all for what nothing else describes)."""
+    assert set(FAULTS) | {"proxy_auth", "other"} == {r.value for r in Reason}
 
 
 @pytest.mark.parametrize("reason", FAULTS)
@@ -77,6 +84,7 @@ async def test_every_failure_reason_shows_in_counter_log_and_failure_list(
     overrides: dict[str, Any] = {}
     target = "/simple/alpha/"
     file_fault = False
+    file_target = False
     if reason == "http_5xx":
         upstream.page_status = 502
     elif reason == "http_4xx":
@@ -106,6 +114,10 @@ async def test_every_failure_reason_shows_in_counter_log_and_failure_list(
         overrides = {"proxy": ("http://127.0.0.1:9",)}
     elif reason == "policy":
         overrides = {"deny": ("alpha",)}
+    elif reason == "redirect":
+        # The file URL redirects off the upstream's origins.
+        upstream.redirects[ALPHA.filename] = "http://files.invalid/alpha.whl"
+        file_target = True
     elif reason == "disk_full":
 
         def no_space(self: BlobWriter, chunk: bytes) -> None:
@@ -121,6 +133,8 @@ async def test_every_failure_reason_shows_in_counter_log_and_failure_list(
         with contextlib.suppress(aiohttp.ClientPayloadError):  # the body is cut short
             await resp.read()
     else:
+        if file_target:
+            target = await file_path(gate, "alpha", ALPHA.filename)
         resp = await gate.get(target)
         assert resp.status >= 500 or resp.status == (403 if reason == "policy" else 404)
         assert resp.headers.get("X-Pipgate-Reason") == reason

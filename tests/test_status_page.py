@@ -6,14 +6,18 @@ import asyncio
 import struct
 import time
 import zlib
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
 from pipgate import __version__
+from pipgate.app import create_app
+from pipgate.config import Config, RouteConfig
 from pipgate.failures import Failure
 from pipgate.metrics import CACHE_RESULTS, Metrics
 from pipgate.web.state import SERVICES
@@ -28,9 +32,11 @@ from pipgate.web.status import (
     hit_ratio,
     render_status,
 )
+from tests.conftest import upstream_config
 from tests.support.fake_pypi import FakePyPI
 from tests.support.links import file_path
 from tests.support.metrics import metric_value
+from tests.support.packages import build_wheel
 
 ALPHA = "alpha-1.0-py3-none-any.whl"
 BETA = "beta-1.0-py3-none-any.whl"
@@ -357,10 +363,44 @@ async def wait_for_failure(gate: TestClient, reason: str) -> None:
     pytest.fail(f"no {reason} failure was logged")
 
 
+@pytest.fixture
+def internal() -> Iterator[FakePyPI]:
+    fake = FakePyPI([build_wheel("corp-tool", "1.0")])
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def pytorch() -> Iterator[FakePyPI]:
+    fake = FakePyPI([build_wheel("torch", "2.0")])
+    fake.start()
+    yield fake
+    fake.stop()
+
+
 async def test_headless_chromium_renders_the_status_page_with_its_data(
-    gate: TestClient, upstream: FakePyPI, tmp_path: Path
+    aiohttp_client: Any,
+    internal: FakePyPI,
+    upstream: FakePyPI,
+    pytorch: FakePyPI,
+    tmp_path: Path,
 ) -> None:
+    """Three upstreams (one of them down), routes, traffic and failures, as a browser
+    shows them; /readyz and /metrics say the same."""
     chromium()
+    config = Config(
+        cache_dir=tmp_path / "cache",
+        upstreams=(
+            upstream_config(internal.index_url, name="internal"),
+            upstream_config(upstream.index_url, name="pypi"),
+            upstream_config(pytorch.index_url, name="pytorch", down_after=1),
+        ),
+        routes=(RouteConfig(("torch",), ("pytorch",)),),
+    )
+    gate: TestClient = await aiohttp_client(create_app(config))
+    pytorch.stop()
+    assert (await gate.get("/simple/torch/")).status == 503  # now marked down
     # Traffic: two files downloaded twice each (miss, then hit), one corrupt file.
     for project, filename in (("alpha", ALPHA), ("beta", BETA)):
         path = await file_path(gate, project, filename)
@@ -374,7 +414,7 @@ async def test_headless_chromium_renders_the_status_page_with_its_data(
     # A hostile value in the log must reach the browser as text, not as markup.
     svc = gate.app[SERVICES]
     await svc.failures.record(
-        Failure(time=time.time(), reason="http_5xx", detail=HOSTILE, upstream=svc.upstreams.names[0])
+        Failure(time=time.time(), reason="http_5xx", detail=HOSTILE, upstream="internal")
     )
     exposition = await (await gate.get("/metrics")).text()
     hits = metric_value(exposition, "pipgate_cache_requests_total", kind="file", result="hit")
@@ -390,8 +430,18 @@ async def test_headless_chromium_renders_the_status_page_with_its_data(
 
     dom = dom_bytes.decode()
     assert f"version {__version__}" in dom
-    assert svc.upstreams.names[0] in dom  # the upstream, 127.0.0.1:<port>
-    assert '<span class="badge up">up</span>' in dom
+    blocks = {
+        name: dom.split(f'id="upstream-{name}"', 1)[1].split('class="upstream"', 1)[0]
+        for name in ("internal", "pypi", "pytorch")
+    }
+    for name, fake in (("internal", internal), ("pypi", upstream), ("pytorch", pytorch)):
+        assert f"127.0.0.1:{fake.port}/simple/" in blocks[name]
+    assert '<span class="badge up">up</span>' in blocks["internal"]
+    assert '<span class="badge up">up</span>' in blocks["pypi"]
+    assert '<span class="badge down">down</span>' in blocks["pytorch"]
+    assert "connect" in blocks["pytorch"]  # its last error
+    routes = dom.split("<h2>Routes", 1)[1].split("</section>", 1)[0]
+    assert "<td>torch</td><td>pytorch</td>" in routes
     assert "hash_mismatch" in dom and ">gamma<" in dom and GAMMA in dom
     assert '<b class="big">2</b>' in dom  # files cached: alpha and beta, never gamma
     file_row = dom.split("<td>file</td>", 1)[1].split("</tr>", 1)[0]
@@ -402,3 +452,17 @@ async def test_headless_chromium_renders_the_status_page_with_its_data(
     assert (width, height) == (WIDTH, HEIGHT)
     # A blank page is a handful of identical scanlines; text and tables make hundreds.
     assert len(set(rows)) > 200, f"the screenshot looks blank ({len(set(rows))} distinct rows)"
+
+    ready = await gate.get("/readyz")
+    body = await ready.json()
+    assert ready.status == 200  # two of three upstreams are usable
+    assert [u["name"] for u in body["upstreams"]] == ["internal", "pypi", "pytorch"]
+    assert [u["up"] for u in body["upstreams"]] == [True, True, False]
+    assert body["unavailable"] == ["pytorch"]
+    assert body["upstreams"][2]["last_error"]["reason"] == "connect"
+    exposition = await (await gate.get("/metrics")).text()
+    for name, up in (("internal", 1), ("pypi", 1), ("pytorch", 0)):
+        assert f'pipgate_upstream_up{{upstream="{name}"}} {up}.0' in exposition
+        assert f'pipgate_download_failures_total{{reason="connect",upstream="{name}"}}' in (
+            exposition
+        )

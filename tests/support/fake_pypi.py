@@ -13,6 +13,7 @@ thread with `start()` / ``with FakePyPI(...) as up:``, over TLS with
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import fcntl
 import hashlib
@@ -198,6 +199,13 @@ class FakePyPI:
         #: Base for file URLs on pages (another host, like files.pythonhosted.org).
         #: None: the origin the page request came to.
         self.files_url: str | None = None
+        #: Filename -> base for that one file's link (a file on yet another host).
+        self.file_bases: dict[str, str] = {}
+        #: Served name (filename or filename + ".metadata") -> where its URL redirects
+        #: (302; a relative location resolves against the request URL).
+        self.redirects: dict[str, str] = {}
+        #: (user, password) every request must carry as basic auth, else 401.
+        self.auth: tuple[str, str] | None = None
         #: Extra display names listed by the root page only (large-list tests).
         self.root_names: list[str] = []
         #: Every request seen: (method, path, selected lowercase headers).
@@ -340,6 +348,14 @@ class FakePyPI:
     ) -> web.StreamResponse:
         headers = {k: request.headers[k] for k in RECORDED_HEADERS if k in request.headers}
         self.requests.append((request.method, request.path, headers))
+        if self.auth is not None:
+            expected = "Basic " + base64.b64encode(":".join(self.auth).encode()).decode()
+            if request.headers.get("Authorization") != expected:
+                return web.Response(
+                    status=401,
+                    headers={"WWW-Authenticate": 'Basic realm="fake"'},
+                    text="401 Unauthorized\n",
+                )
         if self.down:
             # Closing before any byte is written looks like a dead upstream; the
             # Response returned here is never sent.
@@ -482,7 +498,7 @@ class FakePyPI:
             files.append(
                 {
                     "filename": d.filename,
-                    "url": base + self.file_path(d),
+                    "url": self.file_bases.get(d.filename, base) + self.file_path(d),
                     "hashes": {"sha256": d.sha256} if e.hashed else {},
                     "requires-python": d.requires_python,
                     "core-metadata": meta,
@@ -528,7 +544,8 @@ class FakePyPI:
         for e in entries:
             d = e.dist
             fragment = f"#sha256={d.sha256}" if e.hashed else ""
-            attrs = attr("href", f"{base}{self.file_path(d)}{fragment}")
+            link_base = self.file_bases.get(d.filename, base)
+            attrs = attr("href", f"{link_base}{self.file_path(d)}{fragment}")
             if d.requires_python is not None:
                 attrs += attr("data-requires-python", d.requires_python)
             if e.yanked is not False:
@@ -556,6 +573,9 @@ class FakePyPI:
         served = tail.rsplit("/", 1)[-1]
         is_meta = served.endswith(".metadata") and served not in self._entries
         filename = served.removesuffix(".metadata") if is_meta else served
+        location = self.redirects.get(served)
+        if location is not None:
+            raise web.HTTPFound(location)
         entry = self._entries.get(filename)
         if (
             entry is None

@@ -26,11 +26,12 @@ class PipgateProcess:
     def __init__(
         self,
         *,
-        upstream: str,
+        upstream: str | None,
         cache_dir: Path,
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
     ) -> None:
+        #: ``None``: the upstreams come from a ``--config`` file in ``extra_args``.
         self.upstream = upstream
         self.cache_dir = cache_dir
         self.extra_args = extra_args
@@ -62,8 +63,7 @@ class PipgateProcess:
             str(self.port),
             "--cache-dir",
             str(self.cache_dir),
-            "--upstream",
-            self.upstream,
+            *(("--upstream", self.upstream) if self.upstream else ()),
             *self.extra_args,
         ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from pipgate.errors import UpstreamError
@@ -81,6 +82,10 @@ class Router:
                     raise _stops_here(exc, name, upstream) from exc
                 raise
             if view.page is not None:
+                if any(v.stale for v in absent):
+                    # Owned by this upstream on an earlier one's remembered "not found":
+                    # clients should check again soon.
+                    return replace(view, result="stale")
                 return view
             absent.append(view)
         return _not_found(absent)

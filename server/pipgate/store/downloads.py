@@ -171,7 +171,10 @@ class Download:
                     if handle is None:
                         handle = await asyncio.to_thread(self._open)
                         if handle is None:
-                            await self._progress.wait()
+                            # The state may have changed while the thread ran (a failed
+                            # download removes its temp file): look again before waiting.
+                            if self.state is State.RUNNING:
+                                await self._progress.wait()
                             continue
                     yield handle, pos, limit - pos
                     pos = limit
