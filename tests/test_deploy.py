@@ -46,6 +46,7 @@ ALERTS = {
     "PipgateProxyDown",
     "PipgateDownloadFailures",
     "PipgateHashMismatch",
+    "PipgateMergeConflict",
     "PipgateCacheNearlyFull",
     "PipgateIntegrityFailures",
     "PipgateNotScraped",
@@ -64,6 +65,8 @@ DASHBOARD_METRICS = {
     "pipgate_cache_max_size_bytes",
     "pipgate_cache_evictions_total",
     "pipgate_download_resumes_total",
+    "pipgate_links_dropped_total",
+    "pipgate_merge_conflicts_total",
 }
 METRIC_NAME = re.compile(r"\bpipgate_[a-z0-9_]+\b")
 SELECTOR = re.compile(r"\b(pipgate_[a-z0-9_]+)\{([^}]*)\}")
