@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import heapq
 import os
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -65,6 +66,22 @@ def merge(sources: Iterable[Path], out: Path) -> tuple[str, int]:
         finally:
             part.unlink(missing_ok=True)
     return digest.hexdigest(), count
+
+
+#: Names files of an earlier digest are kept this long (another worker may still be
+#: rendering or merging one).
+OLD_FILE_GRACE = 3600.0
+
+
+def remove_old(directory: Path, keep: Path) -> None:
+    """Remove the names files in ``directory`` other than ``keep`` once they are old."""
+    now = time.time()
+    for old in directory.glob("names-*"):
+        if old == keep or old.name.endswith(".part"):
+            continue
+        with contextlib.suppress(OSError):
+            if now - old.stat().st_mtime > OLD_FILE_GRACE:
+                old.unlink()
 
 
 def read(path: Path) -> Iterator[ProjectEntry]:

@@ -148,7 +148,7 @@ class UpstreamList:
                     Reason.BAD_PAGE, f"project list answered {fetched.status}", fetched.status
                 )
             await self._catalog.put_list(self.source, record)
-            await asyncio.to_thread(self._remove_old, record.digest)
+            await asyncio.to_thread(names_file.remove_old, self.dir, self._path(record.digest))
             log.info("project list of %s refreshed: %d projects", self.source, record.count)
             return record
         finally:
@@ -164,10 +164,6 @@ class UpstreamList:
         finally:
             names.unlink(missing_ok=True)
 
-    def _remove_old(self, keep: str) -> None:
-        for path in self.dir.glob("names-*"):
-            if path != self._path(keep):
-                path.unlink(missing_ok=True)
 
 
 def _parse_list(source: Path, is_json: bool) -> Iterator[ProjectEntry]:

@@ -189,9 +189,7 @@ class Router:
                 return sum(1 for _ in names)
         path.parent.mkdir(parents=True, exist_ok=True)
         _digest, count = names_file.merge([p.path for p in lists], path)
-        for old in path.parent.glob("names-*"):
-            if old != path and not old.name.endswith(".part"):
-                old.unlink(missing_ok=True)
+        names_file.remove_old(path.parent, path)
         return count
 
 
