@@ -5,7 +5,8 @@ pipgate runs as a real ``python -m pipgate serve`` process in front of it, and a
 raw-socket HTTP/1.1 client (threads, blocking sockets, one reused buffer per connection)
 measures both. See ``bench/README.md`` for what each figure means and the targets.
 
-Run: ``python bench/bench.py [--sizes 1,100,500] [--clients 32] [--workers 1] [--json F]``
+Run: ``python bench/bench.py [--sizes 1,100,500] [--clients 32] [--workers 1] [--python PATH]
+[--json F]``
 """
 
 from __future__ import annotations
