@@ -67,6 +67,7 @@ DASHBOARD_METRICS = {
     "pipgate_download_resumes_total",
     "pipgate_links_dropped_total",
     "pipgate_merge_conflicts_total",
+    "pipgate_policy_blocks_total",
 }
 METRIC_NAME = re.compile(r"\bpipgate_[a-z0-9_]+\b")
 SELECTOR = re.compile(r"\b(pipgate_[a-z0-9_]+)\{([^}]*)\}")

@@ -7,6 +7,7 @@ import struct
 import time
 import zlib
 from collections.abc import Iterator
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -17,19 +18,24 @@ from aiohttp.test_utils import TestClient
 
 from pipgate import __version__
 from pipgate.app import create_app
-from pipgate.config import Config, RouteConfig
+from pipgate.config import Config, PolicyRule, RouteConfig
 from pipgate.failures import Failure
 from pipgate.metrics import CACHE_RESULTS, Metrics
+from pipgate.policy.rules import QuarantineEntry
 from pipgate.web.state import SERVICES
 from pipgate.web.status import (
     MAX_FAILURES,
     CacheStatus,
+    PolicyStatus,
     ProxyStatus,
+    QuarantineStatus,
+    RuleStatus,
     StatusSnapshot,
     UpstreamStatus,
     cache_numbers,
     format_ratio,
     hit_ratio,
+    policy_status,
     render_status,
 )
 from tests.conftest import upstream_config
@@ -128,7 +134,38 @@ HOSTILE_SNAPSHOTS = {
         )
     ),
     "host header": snapshot(index_url=f"http://{HOSTILE}/simple/"),
+    "policy texts": replace(
+        snapshot(failures=(failure(reason="policy", detail=HOSTILE),)),
+        policy=PolicyStatus(
+            rules=(RuleStatus(HOSTILE, "deny", HOSTILE, "<1", HOSTILE, HOSTILE, HOSTILE),),
+            quarantine=(QuarantineStatus(HOSTILE, HOSTILE, HOSTILE, NOW),),
+        ),
+    ),
 }
+
+
+def test_the_policy_section_shows_rules_quarantine_and_recent_blocks() -> None:
+    config = Config(
+        min_age=7 * 86400,
+        cooldown_exempt=("corp-*",),
+        deny=("evil-*",),
+        policy_rules=(
+            PolicyRule(
+                "old-requests", ("requests",), "deny", "<2.31", reason="CVE-2023-32681"
+            ),
+        ),
+    )
+    quarantined = [QuarantineEntry("litellm", "==1.82.7", "MAL-2026-1: stealer", "MAL-2026-1")]
+    block = failure(reason="policy", project="litellm", detail="litellm 1.82.7 is quarantined")
+    page = render_status(
+        replace(snapshot(failures=(block,)), policy=policy_status(config, quarantined))
+    )
+    section = page.split("<h2>Policy</h2>", 1)[1].split("</section>", 1)[0]
+    assert "files younger than 7d held back; exempt: corp-*" in section
+    assert "<td>old-requests</td><td>deny</td><td>requests</td><td>&lt;2.31</td>" in section
+    assert "<td>policy.deny</td><td>deny</td><td>evil-*</td>" in section
+    assert "<code>litellm==1.82.7</code>" in section and "MAL-2026-1: stealer" in section
+    assert "litellm 1.82.7 is quarantined" in section.split("Recent blocks", 1)[1]
 
 
 @pytest.mark.parametrize("case", HOSTILE_SNAPSHOTS.values(), ids=HOSTILE_SNAPSHOTS.keys())

@@ -374,16 +374,19 @@ async def test_require_hashes_refuses_files_published_without_a_sha256(
     try:
         lax = Config(cache_dir=tmp_path / "a", upstreams=(upstream_config(fake.index_url),))
         gate = await start(aiohttp_client, lax)
-        resp = await gate.get(await file_path(gate, "nohash", unhashed.filename))
+        path = await file_path(gate, "nohash", unhashed.filename)
+        resp = await gate.get(path)
         assert await resp.read() == unhashed.data  # cached as unverified
         strict = Config(
             cache_dir=tmp_path / "b",
             upstreams=(upstream_config(fake.index_url, require_hashes=True),),
         )
         gate = await start(aiohttp_client, strict)
-        resp = await gate.get(await file_path(gate, "nohash", unhashed.filename))
+        assert await page_files(gate, "nohash") == []  # not offered at all
+        resp = await gate.get(path)  # the URL from a lock file made with the lax server
         assert resp.status == 403
         assert resp.headers["X-Pipgate-Reason"] == "policy"
+        assert "require_hashes" in await resp.text()
         assert fake.downloads(unhashed.filename) == 1  # only the lax gate fetched it
     finally:
         fake.stop()

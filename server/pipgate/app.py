@@ -10,21 +10,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
 
-from pipgate.config import Config
+from pipgate.audit import AuditLog
+from pipgate.config import Config, ConfigError
 from pipgate.failures import FailureLog, FailureReporter
 from pipgate.files.service import FileService
 from pipgate.metrics import Metrics
 from pipgate.pages.bodies import ListRenderer, PageRenderer
-from pipgate.pages.deny import NO_UPSTREAM, DenyList
 from pipgate.pages.router import Router
 from pipgate.pages.routing import RoutingTable
 from pipgate.pages.source import PageSource
 from pipgate.pages.upstream import UpstreamPages
+from pipgate.policy.filter import NO_UPSTREAM, PolicyFilter, PolicyState
+from pipgate.policy.quarantine import QuarantineStore, QuarantineWatcher
 from pipgate.store.blobs import BlobStore
 from pipgate.store.catalog import Catalog
 from pipgate.store.downloads import DownloadManager
@@ -44,24 +47,30 @@ def build_pages(
     catalog: Catalog,
     metrics: Metrics,
     reporter: FailureReporter,
-) -> PageSource:
+    policy: PolicyState,
+) -> PolicyFilter:
     """The page pipeline for ``config``."""
-    sources = {
+    sources: dict[str, PageSource] = {
         client.name: UpstreamPages(config, client, catalog, metrics, reporter)
         for client in upstreams
     }
     table = RoutingTable(upstreams.names, config.routes)
     routed = Router(sources, table, config.cache_dir / "lists" / "union", metrics)
-    return DenyList(routed, config.deny, reporter)
+    return PolicyFilter(routed, policy, reporter, metrics)
 
 
 def create_app(
-    config: Config, *, reconcile_cache: bool = True, multiprocess_dir: Path | None = None
+    config: Config,
+    *,
+    reconcile_cache: bool = True,
+    multiprocess_dir: Path | None = None,
+    reload_config: Callable[[], Config] | None = None,
 ) -> web.Application:
     """The pipgate application for ``config`` (services start with the app).
 
     Worker processes pass ``reconcile_cache=False`` (the supervisor reconciled the cache
     once before starting them) and the shared ``multiprocess_dir`` of the metrics.
+    With ``reload_config``, SIGHUP reloads the policy from it (a real server does).
     """
     app = web.Application(middlewares=[middleware.observe, middleware.errors])
     app.on_response_prepare.append(middleware.add_request_id)
@@ -86,7 +95,16 @@ def create_app(
         evictor.request()  # sets the size gauges, evicts if max_size shrank
         scrubber = Scrubber(config.cache_dir, catalog, blobs, metrics, config.scrub_rate)
         scrub_task = asyncio.create_task(scrubber.run(), name="scrub")
-        page_source = build_pages(config, upstreams, catalog, metrics, reporter)
+        audit = AuditLog(config.cache_dir, config.audit_retention)
+        audit_task = asyncio.create_task(audit.run(), name="audit")
+        quarantine = QuarantineStore(config.cache_dir)
+        policy = PolicyState(config)
+        watcher = QuarantineWatcher(quarantine, policy.set_quarantine)
+        await asyncio.to_thread(watcher.load_now)
+        watch_task = asyncio.create_task(watcher.run(), name="quarantine-watch")
+        page_source = build_pages(config, upstreams, catalog, metrics, reporter, policy)
+        if reload_config is not None:
+            _reload_on_sighup(policy, reload_config)
         app[SERVICES] = Services(
             config=config,
             metrics=metrics,
@@ -100,13 +118,16 @@ def create_app(
             lists=ListRenderer(config.cache_dir / "pages"),
             evictor=evictor,
             failures=failures,
+            audit=audit,
+            policy=policy,
         )
         try:
             yield
         finally:
-            scrub_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await scrub_task
+            for task in (scrub_task, watch_task, audit_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await downloads.close()
             await evictor.close()
             await page_source.close()
@@ -117,6 +138,38 @@ def create_app(
 
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+def _reload_on_sighup(policy: PolicyState, reload_config: Callable[[], Config]) -> None:
+    """SIGHUP: load the configuration file again and put its policy in force; a file
+    with an error is refused, with the error, and the policy in force stays."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        try:
+            fresh = await asyncio.to_thread(reload_config)
+        except ConfigError as exc:
+            log.error("configuration not reloaded, the policy in force stays: %s", exc)
+            return
+        running = policy.config
+        if (
+            [(u.name, u.url) for u in fresh.upstreams]
+            != [(u.name, u.url) for u in running.upstreams]
+            or fresh.routes != running.routes
+        ):
+            log.warning("upstreams and routes change on restart only; reloading the policy")
+        policy.set_config(fresh)
+        log.info(
+            "policy reloaded: %d rules, default %s", len(fresh.policy_rules), fresh.policy_default
+        )
+
+    def on_signal() -> None:
+        task = loop.create_task(reload())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_signal)
 
 
 def add_routes(app: web.Application) -> None:

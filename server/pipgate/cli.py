@@ -8,15 +8,24 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from pipgate import __version__, logs
 from pipgate.app import create_app
 from pipgate.config import SETTINGS, Config, ConfigError, load_config
+from pipgate.config.values import parse_optional_timestamp, parse_specifier
 from pipgate.doctor import report, run_doctor, succeeded
+from pipgate.policy import commands
+from pipgate.policy.osv import OsvError
+from pipgate.policy.quarantine import QuarantineError
+from pipgate.policy.rules import entries_as_json
 from pipgate.redact import redact_url
+from pipgate.simple.names import normalize
 from pipgate.store.integrity import verify_cache
 from pipgate.workers import serve_workers
 
@@ -55,7 +64,48 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="check only the upstream with this name (default: each in turn)",
     )
+    _add_quarantine(commands)
+    audit = commands.add_parser(
+        "audit",
+        help="who downloaded what, and when (the audit trail)",
+        description="Lists recorded file and metadata responses, oldest first; also for "
+        "files that have left the cache. Exit status 0 (also when nothing matches).",
+    )
+    _add_config_flags(audit)
+    audit.add_argument("--project", help="a project name")
+    audit.add_argument("--version", dest="versions", metavar="SPEC", help="e.g. ==1.82.7")
+    audit.add_argument("--sha256", help="a file's sha256")
+    audit.add_argument("--since", help="a date or time, e.g. 2026-11-01 or 2026-11-01T08:00Z")
+    audit.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def _add_quarantine(commands: Any) -> None:
+    quarantine = commands.add_parser(
+        "quarantine",
+        help="take projects or versions out of service (at once, in every worker)",
+        description="The list lives in the cache directory; a running server applies a "
+        "change within a second, without a restart.",
+    )
+    actions = quarantine.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="quarantine PROJECT, PROJECT==VERSION or PROJECT<SPEC>")
+    add.add_argument("target", metavar="PROJECT[SPEC]")
+    add.add_argument("--reason", required=True, help="why (shown to whoever is refused)")
+    add.add_argument("--purge", action="store_true", help="also delete cached copies")
+    listing = actions.add_parser("list", help="show the quarantine list")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    remove = actions.add_parser("remove", help="lift a quarantine (PROJECT alone: all of it)")
+    remove.add_argument("target", metavar="PROJECT[SPEC]")
+    osv = actions.add_parser(
+        "import-osv",
+        help="quarantine what OSV records name (a JSON file, a directory, or a zip)",
+    )
+    osv.add_argument("path", type=Path)
+    osv.add_argument("--purge", action="store_true", help="also delete cached copies")
+    for parser in (add, listing, remove, osv):
+        _add_config_flags(parser)
+        if parser is not listing:
+            parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -86,13 +136,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pipgate: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        return serve(config)
+        flags = {s.name: getattr(args, s.name, None) for s in SETTINGS if s.flag}
+
+        def reload_config() -> Config:
+            return load_config(config_file=args.config, env=os.environ, flags=flags)
+
+        return serve(config, reload_config)
+    if args.command == "quarantine":
+        return quarantine(config, args)
+    if args.command == "audit":
+        return audit(config, args)
     if args.command == "verify":
         return verify(config, repair=args.repair, as_json=args.json)
     if args.command == "doctor":
-        return doctor(
-            config, project=args.project, upstream=args.upstream_name, as_json=args.json
-        )
+        return doctor(config, project=args.project, upstream=args.upstream_name, as_json=args.json)
     return 2
 
 
@@ -132,8 +189,91 @@ def verify(config: Config, *, repair: bool, as_json: bool) -> int:
     return 1 if report.corrupt else 0
 
 
-def serve(config: Config) -> int:
-    """Run the server until interrupted."""
+def quarantine(config: Config, args: argparse.Namespace) -> int:
+    """``pipgate quarantine add|list|remove|import-osv``: 0 done, 1 failed, 2 bad input."""
+    try:
+        if args.action == "list":
+            entries = commands.listing(config)
+            if args.json:
+                print(commands.as_json(entries_as_json(entries)))
+            else:
+                print(commands.format_entries(entries))
+            return 0
+        if args.action == "add":
+            result = commands.add(config, args.target, args.reason, do_purge=args.purge)
+            text = (
+                f"quarantined {args.target} ({'new' if result['added'] else 'updated'}); "
+                f"{result['total']} entries"
+            )
+        elif args.action == "remove":
+            result = commands.remove(config, args.target)
+            text = f"removed {result['removed']} entries; {result['total']} left"
+        else:
+            result = commands.import_osv(config, args.path, do_purge=args.purge)
+            text = (
+                f"{result['records']} records: {result['added']} entries added, "
+                f"{result['removed']} lifted, {result['total']} in the list"
+                + (
+                    f"; {result['skipped']} records without PyPI versions"
+                    if result["skipped"]
+                    else ""
+                )
+            )
+    except (ValueError, QuarantineError, OsvError) as exc:
+        print(f"pipgate: quarantine: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"pipgate: quarantine: {exc}", file=sys.stderr)
+        return 1
+    purged = result.get("purged")
+    if args.json:
+        print(commands.as_json(result))
+    else:
+        print(text)
+        if isinstance(purged, dict):
+            print(f"purged {len(purged['files'])} cached files", end="")
+            print(f"; {len(purged['in_use'])} in use, left" if purged["in_use"] else "")
+    return 0
+
+
+def audit(config: Config, args: argparse.Namespace) -> int:
+    """``pipgate audit``: the recorded downloads that match."""
+    from pipgate.audit import query
+
+    try:
+        since = parse_optional_timestamp(args.since) if args.since else None
+        versions = parse_specifier(args.versions) if args.versions else None
+        project = normalize(args.project) if args.project else None
+        rows = query(
+            config.cache_dir,
+            project=project,
+            versions=versions,
+            sha256=args.sha256,
+            since=since,
+        )
+    except ValueError as exc:
+        print(f"pipgate: audit: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"downloads": rows}, indent=2))
+        return 0
+    if not rows:
+        print("no recorded downloads match")
+        return 0
+    for row in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["time"]))
+        who = f"{row['installer']}/{row['installer_version'] or '?'} py{row['python'] or '?'}"
+        got = "complete" if row["complete"] else "incomplete"
+        print(
+            f"{when}  {row['client']:<15}  {who:<22}  {row['project']} {row['filename']}  "
+            f"{row['status']} {row['result']} {got} {row['bytes']} B"
+            + (f"  {row['reason']}" if row["reason"] else "")
+        )
+    return 0
+
+
+def serve(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
+    """Run the server until interrupted (SIGHUP reloads the policy)."""
     logs.setup(config.log_level, config.log_format)
     try:
         config.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -151,9 +291,9 @@ def serve(config: Config) -> int:
     )
     try:
         if config.workers > 1:
-            return serve_workers(config)
+            return serve_workers(config, reload_config)
         web.run_app(
-            create_app(config),
+            create_app(config, reload_config=reload_config),
             host=config.host,
             port=config.port,
             print=None,

@@ -68,6 +68,9 @@ class UpstreamError(Exception):
         self.status = status
         #: Seconds upstream asked us to wait (``Retry-After``), when it did.
         self.retry_after: float | None = None
+        #: An HTTP reason phrase for the client (pip prints it: "403 Client Error:
+        #: <phrase> for url"); ``None``: the standard one.
+        self.phrase: str | None = None
 
     @property
     def client_status(self) -> int:

@@ -25,6 +25,8 @@ from pipgate.errors import Reason
 CACHE_KINDS = ("page", "file", "metadata")
 CACHE_RESULTS = ("hit", "miss", "stale", "revalidated", "bypass")
 UPSTREAM_KINDS = ("page", "root", "metadata", "file")
+#: Why the policy refused a page or a file (:class:`pipgate.policy.rules.Kind`).
+POLICY_KINDS = ("deny", "allowlist", "version", "cooldown", "quarantine", "unhashed")
 #: Why a file link was left out of an upstream's page.
 LINK_DROP_CAUSES = ("scheme", "origin")
 #: Route templates of the web layer (``route`` label values).
@@ -161,6 +163,15 @@ class Metrics:
             ["upstream"],
             registry=r,
         )
+        self.policy_blocks = Counter(
+            "pipgate_policy_blocks",
+            "Pages and files refused by policy, by kind (deny, allowlist, version, cooldown, "
+            "quarantine, unhashed).",
+            ["kind"],
+            registry=r,
+        )
+        for kind in POLICY_KINDS:
+            self.policy_blocks.labels(kind=kind)
         self.upstream_up = Gauge(
             "pipgate_upstream_up",
             "1 while the upstream answers, 0 while it is marked down.",

@@ -6,7 +6,8 @@ kernel spreads connections evenly over the workers (a single shared listening so
 lets one busy worker take most of them). Cross-process coordination
 (one upstream download per file, eviction, scrubbing) goes through file locks in the
 cache directory (:mod:`pipgate.store.locks`), which a killed worker releases by dying.
-A worker that exits unexpectedly is restarted; SIGTERM/SIGINT stop them all.
+A worker that exits unexpectedly is restarted; SIGTERM/SIGINT stop them all; SIGHUP
+is passed on, so each worker reloads its policy.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import shutil
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -50,7 +52,13 @@ def bind(host: str, port: int, *, listen: bool) -> socket.socket:
     return sock
 
 
-def _worker_main(config: Config, port: int, number: int, metrics_dir: Path) -> None:
+def _worker_main(
+    config: Config,
+    port: int,
+    number: int,
+    metrics_dir: Path,
+    reload_config: Callable[[], Config] | None,
+) -> None:
     """Body of one worker process."""
     # prometheus-client picks its value storage when the module is imported; the
     # supervisor imported it before PROMETHEUS_MULTIPROC_DIR was set, so choose again.
@@ -58,15 +66,21 @@ def _worker_main(config: Config, port: int, number: int, metrics_dir: Path) -> N
     sock = bind(config.host, port, listen=True)
     logging.getLogger("pipgate").info("worker %d started", number)
     web.run_app(
-        create_app(config, reconcile_cache=False, multiprocess_dir=metrics_dir),
+        create_app(
+            config,
+            reconcile_cache=False,
+            multiprocess_dir=metrics_dir,
+            reload_config=reload_config,
+        ),
         sock=sock,
         print=None,
         access_log=None,
     )
 
 
-def serve_workers(config: Config) -> int:
-    """Run ``config.workers`` workers until SIGTERM/SIGINT; returns the exit status."""
+def serve_workers(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
+    """Run ``config.workers`` workers until SIGTERM/SIGINT (SIGHUP is passed on to them:
+    each reloads its policy); returns the exit status."""
     # Bound but not listening: it reserves the port and receives no connections.
     reservation = bind(config.host, config.port, listen=False)
     port = reservation.getsockname()[1]
@@ -81,7 +95,7 @@ def serve_workers(config: Config) -> int:
     def start(number: int) -> None:
         proc = context.Process(
             target=_worker_main,
-            args=(config, port, number, metrics_dir),
+            args=(config, port, number, metrics_dir, reload_config),
             name=f"pipgate-worker-{number}",
         )
         proc.start()
@@ -91,8 +105,14 @@ def serve_workers(config: Config) -> int:
         nonlocal stopping
         stopping = True
 
+    def hang_up(signum: int, frame: FrameType | None) -> None:
+        for proc in workers.values():
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, hang_up)
     for number in range(config.workers):
         start(number)
     log.info("supervising %d workers on %s:%d", config.workers, config.host, port)

@@ -206,6 +206,9 @@ class FakePyPI:
         self.redirects: dict[str, str] = {}
         #: (user, password) every request must carry as basic auth, else 401.
         self.auth: tuple[str, str] | None = None
+        #: Whether JSON pages carry PEP 700 ``upload-time`` (Nexus, Artifactory and
+        #: download.pytorch.org send none).
+        self.upload_times = True
         #: Extra display names listed by the root page only (large-list tests).
         self.root_names: list[str] = []
         #: Every request seen: (method, path, selected lowercase headers).
@@ -510,6 +513,8 @@ class FakePyPI:
                     "provenance": self._provenance(d),
                 }
             )
+            if not self.upload_times:
+                del files[-1]["upload-time"]
         doc: dict[str, Any] = {
             "meta": {"api-version": "1.4" if status else "1.1", "_last-serial": serial},
             "name": name,

@@ -7,11 +7,13 @@ parses raw values, :mod:`.load` merges defaults < TOML < environment < flags.
 from pipgate.config.load import ConfigError, load_config, split_credentials
 from pipgate.config.schema import (
     ENV_PREFIX,
+    POLICY_RULE_SETTINGS,
     ROUTE_SETTINGS,
     SERVER_SETTINGS,
     SETTINGS,
     UPSTREAM_SETTINGS,
     Config,
+    PolicyRule,
     RouteConfig,
     Secrets,
     Setting,
@@ -22,12 +24,14 @@ from pipgate.config.values import parse_duration, parse_size
 
 __all__ = [
     "ENV_PREFIX",
+    "POLICY_RULE_SETTINGS",
     "ROUTE_SETTINGS",
     "SERVER_SETTINGS",
     "SETTINGS",
     "UPSTREAM_SETTINGS",
     "Config",
     "ConfigError",
+    "PolicyRule",
     "RouteConfig",
     "Secrets",
     "Setting",

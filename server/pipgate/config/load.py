@@ -20,10 +20,12 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pipgate.config.schema import (
     ENV_PREFIX,
+    POLICY_RULE_SETTINGS,
     ROUTE_SETTINGS,
     SERVER_SETTINGS,
     UPSTREAM_SETTINGS,
     Config,
+    PolicyRule,
     RouteConfig,
     Secrets,
     Setting,
@@ -59,8 +61,9 @@ def load_config(
     server: dict[str, Any] = {}
     upstreams: list[dict[str, Any]] = []
     routes: list[dict[str, Any]] = []
+    rules: list[dict[str, Any]] = []
     if path is not None:
-        server, upstreams, routes = _read_toml(path)
+        server, upstreams, routes, rules = _read_toml(path)
 
     first: dict[str, Any] = {}
     for setting in SERVER_SETTINGS + UPSTREAM_SETTINGS:
@@ -93,7 +96,10 @@ def load_config(
         routes=tuple(_build_route(values, built, n) for n, values in enumerate(routes, 1)),
         config_file=path,
     )
-    return config
+    return replace(
+        config,
+        policy_rules=tuple(_build_rule(values, config, n) for n, values in enumerate(rules, 1)),
+    )
 
 
 # --- one upstream --------------------------------------------------------------------------
@@ -240,13 +246,62 @@ def _build_route(
     return RouteConfig(**values)
 
 
+# --- policy rules ----------------------------------------------------------------------------
+
+
+def _build_rule(values: dict[str, Any], config: Config, number: int) -> PolicyRule:
+    """One ``[[policy.rule]]``, refused when it can never match or does nothing."""
+    name = values.pop("name", None) or f"#{number}"
+    where = f"policy.rule[{name if name[0] != '#' else number}]"
+    if "projects" not in values:
+        raise ConfigError(f"{where}.projects: required")
+    cooldown = "min_age" in values or "exclude_newer" in values
+    action = values.get("action")
+    if action is None and not cooldown:
+        raise ConfigError(f"{where}: needs an action (allow or deny) or min_age/exclude_newer")
+    if action == "allow" and config.policy_default == "allow" and not cooldown:
+        raise ConfigError(
+            f"{where}.action: allow has no effect unless [policy] default = \"deny\" "
+            "(an allow-list)"
+        )
+    known = {u.name for u in config.upstreams}
+    for upstream in values.get("upstreams", ()):
+        if upstream not in known:
+            raise ConfigError(
+                f"{where}.upstreams: no upstream is called {upstream!r} "
+                f"(configured: {', '.join(sorted(known))})"
+            )
+    if values.get("upstreams"):
+        _check_reachable(values["projects"], values["upstreams"], config, where)
+    return PolicyRule(name=name, **values)
+
+
+def _check_reachable(
+    projects: tuple[str, ...], upstreams: tuple[str, ...], config: Config, where: str
+) -> None:
+    """A rule scoped to upstreams that the routes never send its (exact) projects to
+    can never match."""
+    from pipgate.pages.routing import RoutingTable
+
+    table = RoutingTable([u.name for u in config.upstreams], config.routes)
+    for project in projects:
+        if any(c in project for c in "*?["):
+            continue
+        routed = table.route_for(project).upstreams
+        if not set(routed) & set(upstreams):
+            raise ConfigError(
+                f"{where}: can never match: {project} comes only from "
+                f"{', '.join(routed)} (see [[route]]), not from {', '.join(upstreams)}"
+            )
+
+
 # --- TOML -----------------------------------------------------------------------------------
 
 
 def _read_toml(
     path: Path,
-) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-    """``(server values, one dict per upstream, one dict per route)`` from a file."""
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(server values, one dict per upstream, per route, per policy rule)``."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -259,10 +314,21 @@ def _read_toml(
     server: dict[str, Any] = {}
     upstreams: list[dict[str, Any]] = []
     routes: list[dict[str, Any]] = []
+    rules: list[dict[str, Any]] = []
     for section, table in data.items():
         if section in _TABLES:
             if not isinstance(table, dict):
                 raise ConfigError(f"{path}: {section}: expected a table")
+            if section == "policy" and "rule" in table:
+                table = dict(table)
+                entries = table.pop("rule")
+                if not isinstance(entries, list):
+                    raise ConfigError(f"{path}: policy.rule: expected [[policy.rule]] tables")
+                for number, entry in enumerate(entries, 1):
+                    where = f"policy.rule[{number}]"
+                    if not isinstance(entry, dict):
+                        raise ConfigError(f"{path}: {where}: expected a table")
+                    rules.append(_table(path, entry, POLICY_RULE_SETTINGS, "policy.rule", where))
             server.update(_table(path, table, SERVER_SETTINGS, section, section))
         elif section == "upstream":
             entries = table if isinstance(table, list) else [table]
@@ -280,7 +346,7 @@ def _read_toml(
                 routes.append(_table(path, entry, ROUTE_SETTINGS, "route", f"route[{number}]"))
         else:
             raise ConfigError(f"{path}: unknown section [{section}]")
-    return server, upstreams, routes
+    return server, upstreams, routes, rules
 
 
 def _table(

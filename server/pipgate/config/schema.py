@@ -153,6 +153,41 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
         v.parse_project_patterns,
         "projects never served (names or patterns like 'evil-*'); reason 'policy'",
     ),
+    _s(
+        "policy_default",
+        "policy",
+        "default",
+        v.parse_action,
+        "allow: serve what no rule denies; deny: an allow-list, serve only what a rule allows",
+    ),
+    _s(
+        "min_age",
+        "policy",
+        "min_age",
+        v.parse_duration,
+        "release cooldown: files uploaded less than this long ago are held back (e.g. 7d)",
+    ),
+    _s(
+        "exclude_newer",
+        "policy",
+        "exclude_newer",
+        v.parse_optional_timestamp,
+        "files uploaded after this time are held back (e.g. 2026-03-24T00:00:00Z)",
+    ),
+    _s(
+        "cooldown_exempt",
+        "policy",
+        "cooldown_exempt",
+        v.parse_project_patterns,
+        "projects (names or globs) never held back by the cooldown",
+    ),
+    _s(
+        "audit_retention",
+        "policy",
+        "audit_retention",
+        v.parse_duration,
+        "how long the download audit trail is kept",
+    ),
 )
 
 #: The slice of one upstream. Environment variables and flags set the first upstream.
@@ -188,6 +223,29 @@ UPSTREAM_SETTINGS: tuple[Setting, ...] = (
         "require_hashes",
         v.parse_bool,
         "refuse files the index publishes no sha256 for (403) instead of caching them unverified",
+    ),
+    _s(
+        "upstream_min_age",
+        "upstream",
+        "min_age",
+        v.parse_optional_duration,
+        "release cooldown for this upstream's files (default: [policy] min_age)",
+        attr="min_age",
+    ),
+    _s(
+        "upstream_exclude_newer",
+        "upstream",
+        "exclude_newer",
+        v.parse_optional_timestamp,
+        "cut-off time for this upstream's files (default: [policy] exclude_newer)",
+        attr="exclude_newer",
+    ),
+    _s(
+        "synthesize_upload_time",
+        "upstream",
+        "synthesize_upload_time",
+        v.parse_bool,
+        "publish when pipgate first saw a file as its upload-time when upstream sends none",
     ),
     _s("connect_timeout", "upstream", "connect_timeout", v.parse_duration, "connect timeout"),
     _s("read_timeout", "upstream", "read_timeout", v.parse_duration, "idle read timeout"),
@@ -347,7 +405,56 @@ ROUTE_SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
-SETTINGS: tuple[Setting, ...] = SERVER_SETTINGS + UPSTREAM_SETTINGS + ROUTE_SETTINGS
+#: One policy rule (``[[policy.rule]]``); TOML only.
+POLICY_RULE_SETTINGS: tuple[Setting, ...] = (
+    _s("name", "policy.rule", "name", v.parse_rule_name, "name shown in messages", env=False),
+    _s("action", "policy.rule", "action", v.parse_action, "allow or deny", env=False),
+    _s(
+        "projects",
+        "policy.rule",
+        "projects",
+        v.parse_required_patterns,
+        "project names or globs (PEP 503 normalised)",
+        env=False,
+    ),
+    _s(
+        "versions",
+        "policy.rule",
+        "versions",
+        v.parse_specifier,
+        "PEP 440 specifier of the versions the rule applies to (default: all)",
+        env=False,
+    ),
+    _s(
+        "upstreams",
+        "policy.rule",
+        "upstreams",
+        v.parse_upstream_names,
+        "only files from these upstreams (default: any)",
+        env=False,
+    ),
+    _s("reason", "policy.rule", "reason", v.parse_text, "shown to whoever is refused", env=False),
+    _s(
+        "min_age",
+        "policy.rule",
+        "min_age",
+        v.parse_duration,
+        "release cooldown for these projects",
+        env=False,
+    ),
+    _s(
+        "exclude_newer",
+        "policy.rule",
+        "exclude_newer",
+        v.parse_optional_timestamp,
+        "cut-off time for these projects",
+        env=False,
+    ),
+)
+
+SETTINGS: tuple[Setting, ...] = (
+    SERVER_SETTINGS + UPSTREAM_SETTINGS + ROUTE_SETTINGS + POLICY_RULE_SETTINGS
+)
 
 
 # --- the built objects -------------------------------------------------------------------
@@ -384,6 +491,10 @@ class UpstreamConfig:
     #: default (``files.pythonhosted.org`` for pypi.org, none otherwise).
     file_hosts: tuple[str, ...] | None = None
     require_hashes: bool = False
+    #: Cooldown of this upstream's files; ``None``: the ``[policy]`` value.
+    min_age: float | None = None
+    exclude_newer: float | None = None
+    synthesize_upload_time: bool = False
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
     page_timeout: float = 60.0
@@ -434,6 +545,22 @@ class RouteConfig:
     merge: bool = False
 
 
+@dataclass(frozen=True)
+class PolicyRule:
+    """One ``[[policy.rule]]``: allow or deny, and/or a cooldown, for some projects."""
+
+    name: str
+    projects: tuple[str, ...]
+    action: str | None = None
+    #: PEP 440 specifier text; ``None``: every version.
+    versions: str | None = None
+    #: Only files from these upstreams; empty: any.
+    upstreams: tuple[str, ...] = ()
+    reason: str = ""
+    min_age: float | None = None
+    exclude_newer: float | None = None
+
+
 def _default_upstreams() -> tuple[UpstreamConfig, ...]:
     return (UpstreamConfig(),)
 
@@ -457,6 +584,13 @@ class Config:
     max_size: int = 0
     scrub_rate: int = 0
     deny: tuple[str, ...] = ()
+    #: ``allow`` (serve what no rule denies) or ``deny`` (an allow-list).
+    policy_default: str = "allow"
+    min_age: float = 0.0
+    exclude_newer: float | None = None
+    cooldown_exempt: tuple[str, ...] = ()
+    audit_retention: float = 90 * 86400.0
+    policy_rules: tuple[PolicyRule, ...] = ()
     #: The upstreams in their configured order (the default route order).
     upstreams: tuple[UpstreamConfig, ...] = field(default_factory=_default_upstreams)
     routes: tuple[RouteConfig, ...] = ()

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
 
 from pipgate.simple.names import normalize
 
@@ -280,3 +284,98 @@ def default_cache_dir() -> Path:
     """The user's cache directory (``$XDG_CACHE_HOME/pipgate`` or ``~/.cache/pipgate``)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "pipgate"
+
+
+def parse_optional_duration(raw: Any) -> float | None:
+    """A duration, or empty for "not set here" (the wider setting applies)."""
+    if isinstance(raw, str) and not raw.strip():
+        return None
+    return parse_duration(raw)
+
+
+def parse_optional_timestamp(raw: Any) -> float | None:
+    """An RFC 3339 time (``2026-03-24T00:00:00Z``; a TOML date-time too) as a Unix
+    time, or empty for none. A time without a zone is read as UTC."""
+    if isinstance(raw, datetime):
+        moment = raw
+    else:
+        text = str(raw).strip()
+        if not text:
+            return None
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(
+                f"expected a time like 2026-03-24T00:00:00Z, got {raw!r}"
+            ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def parse_action(raw: Any) -> str:
+    """``allow`` or ``deny``."""
+    text = str(raw).strip().lower()
+    if text not in ("allow", "deny"):
+        raise ValueError(f"expected allow or deny, got {raw!r}")
+    return text
+
+
+def parse_text(raw: Any) -> str:
+    """A one-line text (a reason shown to users)."""
+    text = str(raw).strip()
+    if any(c in text for c in "\r\n\x00"):
+        raise ValueError("must be one line")
+    if len(text) > 300:
+        raise ValueError("must be at most 300 characters")
+    return text
+
+
+def parse_rule_name(raw: Any) -> str:
+    """A short rule name for messages: letters, digits, ``.``, ``_``, ``-``."""
+    text = str(raw).strip()
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", text):
+        raise ValueError(f"expected a short name like 'old-requests', got {raw!r}")
+    return text
+
+
+def parse_specifier(raw: Any) -> str:
+    """A PEP 440 specifier set that at least one version can satisfy.
+
+    Raises ``ValueError`` for bad syntax and for sets no version satisfies (a rule
+    that can never match is a mistake the operator should hear about).
+    """
+    text = str(raw).strip()
+    try:
+        spec = SpecifierSet(text)
+    except InvalidSpecifier:
+        raise ValueError(f"not a PEP 440 version specifier: {text!r}") from None
+    if not any(spec.contains(v, prereleases=True) for v in _candidates(spec)):
+        raise ValueError(f"no version can satisfy {text!r}, so the rule can never match")
+    return str(spec)
+
+
+def _candidates(spec: SpecifierSet) -> list[Version]:
+    """Versions at and around every bound of ``spec``: if any version satisfies a set
+    of bounds, one of these does."""
+    found = [Version("0"), Version("999999")]
+    for clause in spec:
+        text = clause.version.replace(".*", "")
+        try:
+            base = Version(text)
+        except InvalidVersion:
+            continue
+        release = base.release
+        found.append(base)
+        found += [
+            Version(f"{text}.1"),
+            Version(f"{text}.post1") if base.post is None else base,
+            Version(f"{text}.dev0") if base.dev is None else base,
+            Version(".".join(map(str, (*release[:-1], release[-1] + 1)))),
+        ]
+        if release[-1] > 0:
+            lower = (*release[:-1], release[-1] - 1)
+            found.append(Version(".".join(map(str, lower)) + ".999"))
+    return found
+
+

@@ -1,8 +1,8 @@
 """Distribution files and PEP 658 metadata: from the verified cache or from upstream.
 
 Every request first asks the page pipeline whether the project's page offers the file
-(:meth:`~pipgate.pages.source.PageSource.find_file`): whatever a stage hides (a
-deny-list, a quarantine, a link to a foreign host) is hidden from file URLs too,
+(:meth:`~pipgate.pages.source.PageSource.find_file`): whatever a stage hides (a policy
+rule, a quarantine, a link to a foreign host) is hidden from file URLs too,
 whatever project the URL names, and the offer says which upstream the file comes from.
 A cached blob is then served without asking upstream (files are immutable); a miss
 starts (or joins) one shared :class:`~pipgate.store.downloads.Download` whose bytes
@@ -53,10 +53,16 @@ class Served:
     path: Path | None = None
     #: A download in progress (shared) or a pass-through stream (this client only).
     stream: Readable | None = None
-    #: Whether the bytes were already in the cache before this request.
-    cached: bool = True
+    #: ``hit`` (in the cache before this request), ``miss`` or ``bypass`` (passed through).
+    result: str = "hit"
     #: Whether Range requests can be answered (not for pass-through streams).
     ranges: bool = True
+    #: The upstream the file comes (or came) from.
+    upstream: str | None = None
+
+    @property
+    def cached(self) -> bool:
+        return self.result == "hit"
 
 
 class FileService:
@@ -109,15 +115,6 @@ class FileService:
 
         dist = offer.dist
         client = self._upstreams[offer.upstream]
-        if dist.sha256 is None and client.config.require_hashes:
-            error = UpstreamError(
-                Reason.POLICY,
-                f"{filename}: upstream {client.name} publishes no sha256 for it and "
-                "require_hashes is set",
-                status=403,
-            )
-            self._failed(offer, filename)(error)
-            raise error
         expected = _verifiable(dist)
         if self._downloads.degraded and self._downloads.active(key) is None:
             return self._pass_through(offer)
@@ -148,7 +145,8 @@ class FileService:
             sha256=dist.sha256,
             size=download.size,
             stream=download,
-            cached=False,
+            result="miss",
+            upstream=offer.upstream,
         )
 
     def _failed(self, offer: FileOffer, file: str) -> OnFailure:
@@ -183,8 +181,9 @@ class FileService:
             sha256=dist.sha256,
             size=dist.size,
             stream=stream,
-            cached=False,
+            result="bypass",
             ranges=False,
+            upstream=offer.upstream,
         )
 
     async def metadata(self, project: str, key: str, filename: str) -> Served:
@@ -198,7 +197,13 @@ class FileService:
             size = await asyncio.to_thread(self._blobs.size, sha)
             if size is not None:
                 self._metrics.cache("metadata", "hit")
-                return Served(filename + METADATA_SUFFIX, sha, size, self._blobs.path(sha))
+                return Served(
+                    filename + METADATA_SUFFIX,
+                    sha,
+                    size,
+                    self._blobs.path(sha),
+                    upstream=offer.upstream,
+                )
         task = self._metadata_inflight.get(meta_key)
         if task is None:
             task = asyncio.create_task(self._fetch_metadata(offer, key))
@@ -227,7 +232,14 @@ class FileService:
             report(error)
             raise error from exc
         await self._record(offer.project, name, f"meta:{key}", committed)
-        return Served(name, committed.sha256, committed.size, committed.path, cached=False)
+        return Served(
+            name,
+            committed.sha256,
+            committed.size,
+            committed.path,
+            result="miss",
+            upstream=offer.upstream,
+        )
 
     def forget(self, key: str, filename: str) -> None:
         """Drop a memoised hit whose blob turned out to be gone (evicted elsewhere)."""
@@ -279,7 +291,13 @@ class FileService:
                 self._catalog.record_blob_now(sha, named)  # counts it in the totals
             else:
                 self._catalog.put_blob_record(sha, named)
-        return Served(filename=dist.filename, sha256=sha, size=size, path=self._blobs.path(sha))
+        return Served(
+            filename=dist.filename,
+            sha256=sha,
+            size=size,
+            path=self._blobs.path(sha),
+            upstream=offer.upstream,
+        )
 
     async def _record(self, project: str, filename: str, key: str, c: Committed) -> None:
         await self._catalog.record_blob(

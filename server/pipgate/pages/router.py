@@ -113,6 +113,9 @@ class Router:
         else:
             self._merged.move_to_end(key)
         page, offers = memo
+        first_seen: dict[str, float] = {}
+        for _upstream, view in reversed(present):  # the earlier upstream's time wins
+            first_seen.update(view.first_seen or {})
         return PageView(
             page=page,
             digest=key,
@@ -120,6 +123,7 @@ class Router:
             age=max(v.age for v in views),
             upstream=present[0][0],
             offers=offers,
+            first_seen=first_seen,
         )
 
     def _build_merged(

@@ -45,6 +45,14 @@ class Offers:
         self._origins = origins or {}
         self._by_key: dict[tuple[str, str], FileOffer] | None = None
 
+    def upstream_of(self, filename: str) -> str:
+        """The upstream a file of this page comes from."""
+        return self._origins.get(filename, self._upstream)
+
+    def for_page(self, page: ProjectPage) -> Offers:
+        """The offers of ``page`` (a filtered copy of this one's), same upstreams."""
+        return Offers(page, self._upstream, self._origins)
+
     def get(self, key: str, filename: str) -> FileOffer | None:
         """The offer of the file with this URL key and filename, if the page has it."""
         if self._by_key is None:
@@ -72,6 +80,10 @@ class PageView:
     #: The upstream that owns the project (the first of a merged page), if any.
     upstream: str | None = None
     offers: Offers | None = field(default=None, repr=False, compare=False)
+    #: filename -> when pipgate first saw the file (for files without ``upload-time``).
+    first_seen: dict[str, float] | None = field(default=None, repr=False, compare=False)
+    #: Seconds until what is served changes by itself (a file leaves its cooldown).
+    expires_in: float | None = None
 
     @property
     def stale(self) -> bool:

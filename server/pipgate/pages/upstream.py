@@ -21,6 +21,8 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 from pipgate.config import Config
 from pipgate.errors import Reason, UpstreamError
@@ -63,7 +65,7 @@ class UpstreamPages:
         self._metrics = metrics
         self._reporter = reporter
         self._inflight: dict[str, asyncio.Task[PageView]] = {}
-        self._models: OrderedDict[str, tuple[ProjectPage, Offers]] = OrderedDict()
+        self._models: OrderedDict[str, _Memo] = OrderedDict()
         self._records: dict[str, tuple[PageRecord, float]] = {}
         self._list = UpstreamList(
             client,
@@ -123,21 +125,29 @@ class UpstreamPages:
             if model is None or hashlib.sha256(model).hexdigest() != record.digest:
                 return None
             page = await asyncio.to_thread(ProjectPage.from_json, model)
-            memo = self._remember(record.digest, page)
+            memo = await self._remember(record.digest, page)
         else:
             self._models.move_to_end(record.digest)
-        page, offers = memo
-        return PageView(
-            page=page,
-            digest=record.digest,
-            result=result,
-            age=record.age(),
-            upstream=self.name,
-            offers=offers,
-        )
+        return memo.view(result, record.age())
 
-    def _remember(self, digest: str, page: ProjectPage) -> tuple[ProjectPage, Offers]:
-        memo = (page, Offers(page, self.name))
+    async def _remember(self, digest: str, page: ProjectPage) -> _Memo:
+        """Keep a parsed page with its offers and first-seen times (recording the files
+        seen for the first time now)."""
+        unstamped = [f.filename for f in page.files if not f.upload_time]
+        seen = await self._catalog.first_seen(self.name, page.name, unstamped, time.time())
+        served, served_digest = page, digest
+        if self._client.config.synthesize_upload_time and unstamped:
+            served = replace(
+                page,
+                files=tuple(
+                    replace(f, upload_time=_iso(seen[f.filename]))
+                    if not f.upload_time and f.filename in seen
+                    else f
+                    for f in page.files
+                ),
+            )
+            served_digest = hashlib.sha256(f"{digest}|synthesized".encode()).hexdigest()
+        memo = _Memo(served, served_digest, Offers(served, self.name), seen, self.name)
         self._models[digest] = memo
         self._models.move_to_end(digest)
         while len(self._models) > MODEL_CACHE_SIZE:
@@ -214,15 +224,8 @@ class UpstreamPages:
         unchanged = old is not None and old.status == 200 and old.digest == digest
         await self._catalog.put_page(self.name, name, record, None if unchanged else model)
         self._remember_record(name, record)
-        page, offers = self._remember(digest, page)
-        return PageView(
-            page=page,
-            digest=digest,
-            result="revalidated" if unchanged else "miss",
-            age=0.0,
-            upstream=self.name,
-            offers=offers,
-        )
+        memo = await self._remember(digest, page)
+        return memo.view("revalidated" if unchanged else "miss", 0.0)
 
     def _parse(self, fetched: PageFetch, name: str) -> ProjectPage:
         """Parse by Content-Type (sniffing when it is missing); drop unusable links."""
@@ -258,6 +261,34 @@ class UpstreamPages:
                 ", ".join(self._client.config.file_origins),
             )
         return page
+
+
+@dataclass(frozen=True)
+class _Memo:
+    """A parsed page as served, kept by content digest."""
+
+    page: ProjectPage
+    digest: str
+    offers: Offers
+    first_seen: dict[str, float]
+    upstream: str
+
+    def view(self, result: str, age: float) -> PageView:
+        return PageView(
+            page=self.page,
+            digest=self.digest,
+            result=result,
+            age=age,
+            upstream=self.upstream,
+            offers=self.offers,
+            first_seen=self.first_seen,
+        )
+
+
+def _iso(timestamp: float) -> str:
+    """PEP 700 ``upload-time``: ISO 8601 in UTC with a ``Z``."""
+    moment = datetime.fromtimestamp(timestamp, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _dir_name(name: str) -> str:

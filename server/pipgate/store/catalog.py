@@ -7,6 +7,7 @@ shared by all):
 - ``model/<source>/<project>`` -> the cached :class:`~pipgate.simple.model.ProjectPage`
   as JSON
 - ``list/<source>`` -> :class:`ListRecord` (that upstream's project list on disk)
+- ``seen/<source>/<project>`` -> filename -> when pipgate first saw the file
 - ``blob:<sha256>`` -> :class:`BlobRecord` (what a blob is and whether it was verified)
 - ``alias:<file key>`` -> sha256, for files whose upstream published no sha256
 - ``atime:<sha256>`` -> last time the blob was served (LRU eviction)
@@ -121,6 +122,25 @@ class Catalog:
                 self._cache.set(f"page/{source}/{project}", asdict(record))
 
         await asyncio.to_thread(write)
+
+    async def first_seen(
+        self, source: str, project: str, filenames: list[str], now: float
+    ) -> dict[str, float]:
+        """When pipgate first saw each file of a project (in one source), recording
+        ``now`` for those it had not seen: the cooldown clock of upstreams that publish
+        no upload time (never earlier than the real upload)."""
+
+        def update() -> dict[str, float]:
+            key = f"seen/{source}/{project}"
+            with self._cache.transact():
+                seen = dict(self._cache.get(key) or {})
+                missing = [f for f in filenames if f not in seen]
+                if missing:
+                    seen.update(dict.fromkeys(missing, now))
+                    self._cache.set(key, seen)
+            return seen
+
+        return await asyncio.to_thread(update)
 
     def drop_legacy_keys(self) -> int:
         """Remove page records of the old unnamed layout (blocking; start-up)."""

@@ -38,6 +38,22 @@ class EvictionResult:
     bytes: int
 
 
+def remove_unused(blobs: BlobStore, catalog: Catalog, sha256: str, size: int) -> bool:
+    """Delete a blob and its record unless it is being sent right now (blocking);
+    returns whether it went."""
+    use = try_exclusive(blobs.use_lock_path(sha256))
+    if use is None:
+        return False
+    try:
+        blobs.remove(sha256)
+        catalog.forget_blob(sha256, size)
+    finally:
+        os.close(use)
+    with contextlib.suppress(FileNotFoundError):
+        blobs.use_lock_path(sha256).unlink()
+    return True
+
+
 class Evictor:
     """Runs eviction passes for one worker."""
 
@@ -98,16 +114,8 @@ class Evictor:
                     break
                 if now - record.stored_at < MIN_AGE:
                     continue
-                use = try_exclusive(self._blobs.use_lock_path(sha))
-                if use is None:
+                if not remove_unused(self._blobs, self._catalog, sha, record.size):
                     continue  # being sent right now
-                try:
-                    self._blobs.remove(sha)
-                    self._catalog.forget_blob(sha, record.size)
-                finally:
-                    os.close(use)
-                with contextlib.suppress(FileNotFoundError):
-                    self._blobs.use_lock_path(sha).unlink()
                 total -= record.size
                 removed += 1
                 freed += record.size

@@ -12,11 +12,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from aiohttp import web
 
+from pipgate.audit import AuditRecord
 from pipgate.errors import UpstreamError
 from pipgate.files.service import METADATA_SUFFIX, FileNotFound, Served
 from pipgate.links import is_file_key, is_safe_filename
@@ -24,7 +27,9 @@ from pipgate.simple.names import is_valid_name, normalize
 from pipgate.store.blobs import BlobStore, is_sha256
 from pipgate.store.downloads import Download
 from pipgate.store.locks import acquire_shared
-from pipgate.web.http import content_type_for, text_error
+from pipgate.useragent import parse_user_agent
+from pipgate.web.http import content_type_for, text_error, upstream_error
+from pipgate.web.middleware import REQUEST_ID
 from pipgate.web.ranges import (
     UNSATISFIABLE,
     ByteRange,
@@ -54,28 +59,88 @@ async def file(request: web.Request) -> web.StreamResponse:
     ):
         return text_error(404, "no such file")
     svc = services(request)
+    is_metadata = filename.endswith(METADATA_SUFFIX)
 
     async def resolve() -> Served:
-        if filename.endswith(METADATA_SUFFIX):
+        if is_metadata:
             return await svc.files.metadata(project, key, filename[: -len(METADATA_SUFFIX)])
         return await svc.files.open(project, key, filename)
 
+    sent = Sent()
+    served: Served | None = None
+    status, reason = 500, None
     try:
         try:
-            return await send(request, await resolve())
+            served = await resolve()
+            response = await send(request, served, sent)
         except FileNotFoundError:
             # Evicted (or repaired away) between look-up and open: now it is a miss.
             svc.files.forget(key, filename)
-            return await send(request, await resolve())
+            served = await resolve()
+            response = await send(request, served, sent)
+        status = response.status
+        return response
     except FileNotFound as exc:
+        status = 404
         return text_error(404, str(exc))
     except UpstreamError as exc:
-        message = f"upstream fetch failed: {exc.reason.value}"
-        return text_error(exc.client_status, message, exc.reason)
+        status, reason = exc.client_status, exc.reason.value
+        return upstream_error(exc)
+    finally:
+        info = parse_user_agent(request.headers.get("User-Agent"))
+        svc.audit.record(
+            AuditRecord(
+                time=time.time(),
+                client=client_address(request, svc.config.trust_forwarded),
+                installer=info.installer,
+                installer_version=info.installer_version,
+                python=info.python,
+                project=project,
+                filename=filename,
+                kind="metadata" if is_metadata else "file",
+                sha256=served.sha256 if served is not None else (key if is_sha256(key) else None),
+                upstream=served.upstream if served is not None else None,
+                result=served.result if served is not None else "refused",
+                status=status,
+                bytes=sent.bytes,
+                complete=sent.complete,
+                reason=reason or sent.reason,
+                request_id=request.get(REQUEST_ID),
+            )
+        )
 
 
-async def send(request: web.Request, served: Served) -> web.StreamResponse:
-    """Answer ``request`` with ``served``, honouring conditional and range headers."""
+@dataclass
+class Sent:
+    """How much of a body went out (for the audit trail)."""
+
+    bytes: int = 0
+    #: Whether the client got all it asked for (the range, for a range request).
+    complete: bool = False
+    #: Why the body was cut (``hash_mismatch``, ``truncated``…), if it was.
+    reason: str | None = None
+
+
+def client_address(request: web.Request, trust_forwarded: bool) -> str:
+    """The client's address; behind a trusted reverse proxy, the first of
+    ``X-Forwarded-For``."""
+    if trust_forwarded:
+        forwarded = request.headers.get("X-Forwarded-For", "").split(",")[0].strip()
+        if (
+            forwarded
+            and len(forwarded) <= 64
+            and all(c.isalnum() or c in ".:[]" for c in forwarded)
+        ):
+            return forwarded
+    return request.remote or "-"
+
+
+async def send(
+    request: web.Request, served: Served, sent: Sent | None = None
+) -> web.StreamResponse:
+    """Answer ``request`` with ``served``, honouring conditional and range headers;
+    ``sent`` learns how much of the body went out."""
+    sent = sent if sent is not None else Sent()
     etag = f'"{served.sha256}"' if served.sha256 else None
     headers = {
         "Content-Type": content_type_for(served.filename),
@@ -86,6 +151,7 @@ async def send(request: web.Request, served: Served) -> web.StreamResponse:
         headers["ETag"] = etag
         headers["Cache-Control"] = IMMUTABLE
     if etag_matches(request.headers.get("If-None-Match"), etag):
+        sent.complete = True
         return web.Response(status=304, headers=headers)
 
     size = served.size
@@ -113,6 +179,7 @@ async def send(request: web.Request, served: Served) -> web.StreamResponse:
     if request.method == "HEAD":
         await response.prepare(request)
         await response.write_eof()
+        sent.complete = True
         return response
 
     svc = services(request)
@@ -131,10 +198,11 @@ async def send(request: web.Request, served: Served) -> web.StreamResponse:
                 os.close(use)
         source = "cache" if served.cached else "upstream"
         svc.metrics.bytes_served.labels(source=source).inc(count)
+        sent.bytes, sent.complete = count, True
         return response
     use = await _hold_use_lock(svc.blobs, served.sha256)
     try:
-        return await _send_stream(request, response, served, start, end)
+        return await _send_stream(request, response, served, start, end, sent)
     finally:
         if use is not None:
             os.close(use)
@@ -179,6 +247,7 @@ async def _send_stream(
     served: Served,
     start: int,
     end: int | None,
+    sent_to: Sent,
 ) -> web.StreamResponse:
     """Send bytes still arriving; cut the connection if they fail verification."""
     assert served.stream is not None
@@ -200,11 +269,14 @@ async def _send_stream(
         log.warning(
             "aborting response for %s after %d bytes: %s", served.filename, sent, exc.reason.value
         )
+        sent_to.reason = exc.reason.value
         _abort(request)
         return response
     finally:
         metrics.bytes_served.labels(source="upstream").inc(sent)
+        sent_to.bytes = sent
     await response.write_eof()
+    sent_to.complete = True
     return response
 
 

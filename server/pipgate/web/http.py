@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from pipgate.errors import Reason
+from pipgate.errors import Reason, UpstreamError
 
 
 def wants_revalidation(cache_control: str | None, pragma: str | None = None) -> bool:
@@ -59,15 +59,33 @@ def content_type_for(filename: str) -> str:
     return "application/octet-stream"
 
 
-def text_error(status: int, message: str, reason: Reason | None = None) -> web.Response:
-    """A short plain-text error: one line, no traceback, no credentials."""
+def text_error(
+    status: int, message: str, reason: Reason | None = None, phrase: str | None = None
+) -> web.Response:
+    """A short plain-text error: one line, no traceback, no credentials; ``phrase``
+    replaces the standard HTTP reason phrase (pip prints it)."""
     headers = {"Cache-Control": "no-store"}
     if reason is not None:
         headers["X-Pipgate-Reason"] = reason.value
     return web.Response(
         status=status,
+        reason=reason_phrase(phrase) if phrase else None,
         text=f"pipgate: {message}\n",
         content_type="text/plain",
         charset="utf-8",
         headers=headers,
     )
+
+
+def reason_phrase(text: str) -> str:
+    """``text`` fit for an HTTP status line: printable ASCII, one line, bounded."""
+    cleaned = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return cleaned[:300]
+
+
+def upstream_error(exc: UpstreamError) -> web.Response:
+    """The answer for a failed (or refused) fetch: its status, cause and sentence."""
+    if exc.reason is Reason.POLICY:
+        return text_error(exc.client_status, exc.detail, exc.reason, exc.phrase)
+    message = f"upstream fetch failed: {exc.reason.value}: {exc.detail}"
+    return text_error(exc.client_status, message, exc.reason, exc.phrase)

@@ -12,7 +12,7 @@ from aiohttp.typedefs import Handler
 
 from pipgate.errors import UpstreamError
 from pipgate.logs import new_request_id, request_id
-from pipgate.web.http import text_error
+from pipgate.web.http import text_error, upstream_error
 from pipgate.web.state import services
 
 log = logging.getLogger("pipgate.web")
@@ -32,8 +32,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             return text_error(exc.status, exc.reason.lower())
         raise
     except UpstreamError as exc:
-        message = f"upstream fetch failed: {exc.reason.value}: {exc.detail}"
-        return text_error(exc.client_status, message, exc.reason)
+        return upstream_error(exc)
     except (ConnectionError, TimeoutError):
         raise
     except Exception:

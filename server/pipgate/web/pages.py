@@ -57,7 +57,12 @@ async def project(request: web.Request) -> web.StreamResponse:
     base = link_base(request)
     gzip_ok = accepts_gzip(request.headers.get("Accept-Encoding"))
     rendered = await svc.renderer.render(view.page, view.digest, fmt, base, gzip_ok)
-    headers = _page_headers(fmt, rendered.etag, view.age, svc.config.index_ttl, view.result)
+    # A page whose content changes by itself (a file leaving its release cooldown) is
+    # fresh only until then in clients' caches too.
+    ttl = svc.config.index_ttl
+    if view.expires_in is not None:
+        ttl = max(0.0, min(ttl, view.age + view.expires_in))  # max-age counts from Age
+    headers = _page_headers(fmt, rendered.etag, view.age, ttl, view.result)
     if view.upstream is not None:
         # Which upstream owns the project (a merged page: the first that has it).
         headers["X-Pipgate-Upstream"] = view.upstream

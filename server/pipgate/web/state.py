@@ -6,12 +6,14 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from pipgate.audit import AuditLog
 from pipgate.config import Config
 from pipgate.failures import FailureLog
 from pipgate.files.service import FileService
 from pipgate.metrics import Metrics
 from pipgate.pages.bodies import ListRenderer, PageRenderer
 from pipgate.pages.source import PageSource
+from pipgate.policy.filter import PolicyState
 from pipgate.store.blobs import BlobStore
 from pipgate.store.evict import Evictor
 from pipgate.upstream.registry import Upstreams
@@ -32,6 +34,9 @@ class Services:
     lists: ListRenderer
     evictor: Evictor
     failures: FailureLog
+    audit: AuditLog
+    #: The policy in force (reloaded on SIGHUP, quarantine changes).
+    policy: PolicyState
 
 
 SERVICES = web.AppKey("services", Services)

@@ -20,8 +20,10 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipgate import __version__
+from pipgate.config import Config
 from pipgate.failures import Failure
 from pipgate.metrics import CACHE_KINDS, CACHE_RESULTS
+from pipgate.policy.rules import QuarantineEntry
 from pipgate.redact import redact_url
 from pipgate.store.integrity import human_size
 from pipgate.web.pages import link_base
@@ -29,6 +31,8 @@ from pipgate.web.state import services
 
 #: Failures listed on the page (``/-/failures`` has more).
 MAX_FAILURES = 20
+#: Policy refusals listed on the page.
+MAX_BLOCKS = 10
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,39 @@ class RouteStatus:
 
 
 @dataclass(frozen=True)
+class RuleStatus:
+    """One policy rule as configured (texts for the page)."""
+
+    name: str
+    action: str
+    projects: str
+    versions: str = ""
+    upstreams: str = ""
+    cooldown: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class QuarantineStatus:
+    """One quarantine entry."""
+
+    label: str
+    source: str
+    reason: str
+    added_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class PolicyStatus:
+    """The policy in force: mode, cooldown, rules, quarantine list."""
+
+    default: str = "allow"
+    cooldown: str = ""
+    rules: tuple[RuleStatus, ...] = ()
+    quarantine: tuple[QuarantineStatus, ...] = ()
+
+
+@dataclass(frozen=True)
 class StatusSnapshot:
     """Everything the page shows, gathered once so rendering is a pure function."""
 
@@ -87,6 +124,7 @@ class StatusSnapshot:
     index_url: str
     generated_at: float
     routes: tuple[RouteStatus, ...] = ()
+    policy: PolicyStatus = field(default_factory=PolicyStatus)
 
 
 # --- reading the metrics exposition --------------------------------------------------
@@ -306,6 +344,62 @@ def _ratio_row(kind: str, counts: Mapping[str, int], *, strong: bool = False) ->
     return f'<tr><td>{_e(kind)}</td><td class="num">{ratio}</td>{cells}</tr>'
 
 
+def _policy_section(policy: PolicyStatus, failures: Sequence[Failure]) -> str:
+    mode = (
+        "allow-list: only what a rule allows is served"
+        if policy.default == "deny"
+        else "everything not denied is served"
+    )
+    facts = (
+        f"<dt>mode</dt><dd>{_e(mode)}</dd>"
+        f"<dt>release cooldown</dt><dd>{_or_dash(policy.cooldown)}</dd>"
+    )
+    if policy.rules:
+        rows = "".join(
+            f"<tr><td>{_e(r.name)}</td><td>{_e(r.action)}</td><td>{_e(r.projects)}</td>"
+            f"<td>{_or_dash(r.versions)}</td><td>{_or_dash(r.upstreams)}</td>"
+            f"<td>{_or_dash(r.cooldown)}</td><td>{_or_dash(r.reason)}</td></tr>"
+            for r in policy.rules
+        )
+        rules = (
+            '<h4>Rules</h4><table class="rules"><tr><th>rule</th><th>action</th><th>projects</th>'
+            f"<th>versions</th><th>upstreams</th><th>cooldown</th><th>reason</th></tr>{rows}</table>"
+        )
+    else:
+        rules = '<h4>Rules</h4><p class="muted">No rules.</p>'
+    if policy.quarantine:
+        rows = "".join(
+            f"<tr><td><code>{_e(q.label)}</code></td><td>{_e(q.source)}</td>"
+            f'<td class="time">{_e(_utc(q.added_at)) if q.added_at else "—"}</td>'
+            f"<td>{_or_dash(q.reason)}</td></tr>"
+            for q in policy.quarantine
+        )
+        quarantine = (
+            f"<h4>Quarantine <small>{len(policy.quarantine)} entries</small></h4>"
+            '<table class="quarantine"><tr><th>project</th><th>source</th><th>added</th>'
+            f"<th>reason</th></tr>{rows}</table>"
+        )
+    else:
+        quarantine = '<h4>Quarantine</h4><p class="muted">Nothing is quarantined.</p>'
+    blocks = [f for f in failures if f.reason == "policy"][:MAX_BLOCKS]
+    if blocks:
+        rows = "".join(
+            f'<tr><td class="time">{_e(_utc(f.time))}</td><td>{_or_dash(f.project)}</td>'
+            f'<td class="file">{_or_dash(f.file)}</td><td class="detail">{_e(f.detail)}</td></tr>'
+            for f in blocks
+        )
+        recent = (
+            '<h4>Recent blocks</h4><table class="blocks"><tr><th>time</th><th>project</th>'
+            f"<th>file</th><th>why</th></tr>{rows}</table>"
+        )
+    else:
+        recent = '<h4>Recent blocks</h4><p class="muted">Nothing was refused recently.</p>'
+    return (
+        f'<section class="policy"><h2>Policy</h2><dl>{facts}</dl>'
+        f"{rules}{quarantine}{recent}</section>"
+    )
+
+
 def _failures_section(failures: Sequence[Failure]) -> str:
     shown = list(failures)[:MAX_FAILURES]
     if not shown:
@@ -365,7 +459,7 @@ def render_status(snapshot: StatusSnapshot) -> str:
         f" · {_e(_utc(snapshot.generated_at))}</span><nav>{nav}</nav></header><main>"
         '<div class="grid">'
         f"{_upstreams_section(snapshot.upstreams)}{_cache_section(snapshot.cache)}</div>"
-        f"{_routes_section(snapshot.routes)}"
+        f"{_routes_section(snapshot.routes)}{_policy_section(snapshot.policy, snapshot.failures)}"
         f"{_failures_section(snapshot.failures)}{_usage_section(snapshot.index_url)}"
         "</main></body></html>"
     )
@@ -403,6 +497,7 @@ async def snapshot(request: web.Request) -> StatusSnapshot:
             )
         )
     routes = tuple(RouteStatus(r.projects, r.upstreams, r.merge) for r in svc.config.routes)
+    policy = policy_status(svc.policy.config, svc.policy.quarantine)
     base = link_base(request) or f"{request.scheme}://{request.host}/"
     return StatusSnapshot(
         version=__version__,
@@ -412,7 +507,55 @@ async def snapshot(request: web.Request) -> StatusSnapshot:
         index_url=base + "simple/",
         generated_at=time.time(),
         routes=routes,
+        policy=policy,
     )
+
+
+def policy_status(config: Config, quarantine: Sequence[QuarantineEntry]) -> PolicyStatus:
+    """What the page says of the policy in force."""
+    parts = []
+    if config.min_age:
+        parts.append(f"files younger than {_duration(config.min_age)} held back")
+    if config.exclude_newer is not None:
+        parts.append(f"nothing uploaded after {_utc(config.exclude_newer)}")
+    if parts and config.cooldown_exempt:
+        parts.append(f"exempt: {', '.join(config.cooldown_exempt)}")
+    rules = []
+    if config.deny:
+        rules.append(RuleStatus("policy.deny", "deny", ", ".join(config.deny)))
+    for rule in config.policy_rules:
+        cooldown = []
+        if rule.min_age is not None:
+            cooldown.append(f"min_age {_duration(rule.min_age)}")
+        if rule.exclude_newer is not None:
+            cooldown.append(f"exclude_newer {_utc(rule.exclude_newer)}")
+        rules.append(
+            RuleStatus(
+                rule.name,
+                rule.action or "cooldown",
+                ", ".join(rule.projects),
+                rule.versions or "",
+                ", ".join(rule.upstreams),
+                ", ".join(cooldown),
+                rule.reason,
+            )
+        )
+    return PolicyStatus(
+        default=config.policy_default,
+        cooldown="; ".join(parts),
+        rules=tuple(rules),
+        quarantine=tuple(
+            QuarantineStatus(q.label, q.source, q.reason, q.added_at) for q in quarantine
+        ),
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 86400 and seconds % 86400 == 0:
+        return f"{int(seconds // 86400)}d"
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{int(seconds // 3600)}h"
+    return f"{seconds:g}s"
 
 
 async def status_page(request: web.Request) -> web.Response:
