@@ -20,7 +20,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY server ./server
-RUN pip install . && rm -rf /src \
+# [prefetch]: uv and rich, for `pipgate prefetch` in the container (air-gapped transfers).
+RUN pip install ".[prefetch]" && rm -rf /src \
     && useradd --system --uid 10001 --home-dir /var/cache/pipgate --shell /usr/sbin/nologin pipgate \
     && mkdir -p /var/cache/pipgate /etc/pipgate \
     && chown pipgate:pipgate /var/cache/pipgate

@@ -180,6 +180,9 @@ def test_dockerfile_install_steps_work_in_a_fresh_virtualenv(tmp_path: Path) -> 
     serve_help = run([str(pipgate), "serve", "--help"])
     assert serve_help.returncode == 0, serve_help.stderr
     assert "--config" in serve_help.stdout
+    # The image can prefetch: uv (the resolver) and rich (the progress bar) are in it.
+    tools = run([str(venv / "bin" / "python"), "-c", "import uv, rich; print(uv.find_uv_bin())"])
+    assert tools.returncode == 0, tools.stderr
     # A non-editable install: the package lives in the venv, not in the checkout.
     where = run([str(venv / "bin" / "python"), "-c", "import pipgate; print(pipgate.__file__)"])
     assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout

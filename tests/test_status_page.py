@@ -450,6 +450,7 @@ async def test_headless_chromium_renders_the_status_page_with_its_data(
     await wait_for_failure(gate, "hash_mismatch")
     # A hostile value in the log must reach the browser as text, not as markup.
     svc = gate.app[SERVICES]
+    await svc.files.idle()  # the METADATA extractions after each commit
     await svc.failures.record(
         Failure(time=time.time(), reason="http_5xx", detail=HOSTILE, upstream="internal")
     )
@@ -480,7 +481,8 @@ async def test_headless_chromium_renders_the_status_page_with_its_data(
     routes = dom.split("<h2>Routes", 1)[1].split("</section>", 1)[0]
     assert "<td>torch</td><td>pytorch</td>" in routes
     assert "hash_mismatch" in dom and ">gamma<" in dom and GAMMA in dom
-    assert '<b class="big">2</b>' in dom  # files cached: alpha and beta, never gamma
+    # Files cached: alpha and beta and the METADATA extracted from each, never gamma.
+    assert '<b class="big">4</b>' in dom
     file_row = dom.split("<td>file</td>", 1)[1].split("</tr>", 1)[0]
     assert f'<td class="num">{hits / lookups * 100:.1f}%</td>' in file_row  # 40.0%
     assert "<script>" not in dom and "&lt;script&gt;alert" in dom

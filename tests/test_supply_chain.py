@@ -25,6 +25,7 @@ from aiohttp.test_utils import TestClient
 from pipgate.app import create_app
 from pipgate.config import Config
 from pipgate.store.catalog import Catalog
+from pipgate.web.state import SERVICES
 from tests.conftest import upstream_config
 from tests.support.clients import installed, pip_install, uv_install
 from tests.support.fake_pypi import FakePyPI
@@ -304,10 +305,12 @@ async def test_a_quarantined_projects_cached_file_is_refused_under_any_name_and_
     beta = next(d for d in sample_tree() if d.filename == "beta-1.0-py3-none-any.whl")
     path = await file_path(gate, "beta", beta.filename)
     assert (await (await gate.get(path)).read()) == beta.data
+    await gate.app[SERVICES].files.idle()  # its METADATA is extracted after the commit
     result = await acli(
         "quarantine", "add", "beta", "--reason", "takeover", "--purge", "--cache-dir", str(cache)
     )
-    assert result.returncode == 0 and "purged 1 cached files" in result.stdout, result.stdout
+    # The wheel, and the METADATA pipgate extracted from it.
+    assert result.returncode == 0 and "purged 2 cached files" in result.stdout, result.stdout
     fresh: TestClient = await aiohttp_client(create_app(config))
     assert (await fresh.get(path)).status == 403
     assert (await fresh.get(path.replace("/files/beta/", "/files/alpha/"))).status == 404

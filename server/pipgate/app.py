@@ -19,13 +19,16 @@ from aiohttp import web
 from pipgate.audit import AuditLog
 from pipgate.config import Config, ConfigError
 from pipgate.failures import FailureLog, FailureReporter
+from pipgate.files.metadata import DerivedMetadata
 from pipgate.files.service import FileService
 from pipgate.metrics import Metrics
 from pipgate.pages.bodies import ListRenderer, PageRenderer
+from pipgate.pages.metadata import MetadataInjector
+from pipgate.pages.offline import CachedFilesOnly, CachedPages
 from pipgate.pages.router import Router
 from pipgate.pages.routing import RoutingTable
 from pipgate.pages.source import PageSource
-from pipgate.pages.upstream import UpstreamPages
+from pipgate.pages.upstream import UpstreamPages, list_dir_name
 from pipgate.policy.filter import NO_UPSTREAM, PolicyFilter, PolicyState
 from pipgate.policy.quarantine import QuarantineStore, QuarantineWatcher
 from pipgate.store.blobs import BlobStore
@@ -45,18 +48,35 @@ def build_pages(
     config: Config,
     upstreams: Upstreams,
     catalog: Catalog,
+    blobs: BlobStore,
     metrics: Metrics,
     reporter: FailureReporter,
     policy: PolicyState,
+    derived: DerivedMetadata,
 ) -> PolicyFilter:
-    """The page pipeline for ``config``."""
+    """The page pipeline for ``config``, innermost first: a source per upstream (or,
+    offline, the cached pages of each), the router, what is cached (offline), the
+    metadata pipgate can derive, the policy."""
+    lists = config.cache_dir / "lists"
     sources: dict[str, PageSource] = {
-        client.name: UpstreamPages(config, client, catalog, metrics, reporter)
+        client.name: (
+            CachedPages(
+                client.name,
+                catalog,
+                lists / list_dir_name(client.name),
+                synthesize_upload_time=client.config.synthesize_upload_time,
+            )
+            if config.offline
+            else UpstreamPages(config, client, catalog, metrics, reporter)
+        )
         for client in upstreams
     }
     table = RoutingTable(upstreams.names, config.routes)
-    routed = Router(sources, table, config.cache_dir / "lists" / "union", metrics)
-    return PolicyFilter(routed, policy, reporter, metrics)
+    pages: PageSource = Router(sources, table, lists / "union", metrics)
+    if config.offline:
+        pages = CachedFilesOnly(pages, blobs, catalog)
+    pages = MetadataInjector(pages, derived)
+    return PolicyFilter(pages, policy, reporter, metrics)
 
 
 def create_app(
@@ -102,17 +122,21 @@ def create_app(
         watcher = QuarantineWatcher(quarantine, policy.set_quarantine)
         await asyncio.to_thread(watcher.load_now)
         watch_task = asyncio.create_task(watcher.run(), name="quarantine-watch")
-        page_source = build_pages(config, upstreams, catalog, metrics, reporter, policy)
+        derived = DerivedMetadata(blobs, catalog)
+        page_source = build_pages(
+            config, upstreams, catalog, blobs, metrics, reporter, policy, derived
+        )
         if reload_config is not None:
             _reload_on_sighup(policy, reload_config)
+        file_service = FileService(
+            page_source, upstreams, catalog, blobs, downloads, metrics, evictor, reporter, derived
+        )
         app[SERVICES] = Services(
             config=config,
             metrics=metrics,
             upstreams=upstreams,
             pages=page_source,
-            files=FileService(
-                page_source, upstreams, catalog, blobs, downloads, metrics, evictor, reporter
-            ),
+            files=file_service,
             blobs=blobs,
             renderer=PageRenderer(),
             lists=ListRenderer(config.cache_dir / "pages"),
@@ -129,6 +153,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await downloads.close()
+            await file_service.close()
             await evictor.close()
             await page_source.close()
             await upstreams.close()
@@ -153,11 +178,9 @@ def _reload_on_sighup(policy: PolicyState, reload_config: Callable[[], Config]) 
             log.error("configuration not reloaded, the policy in force stays: %s", exc)
             return
         running = policy.config
-        if (
-            [(u.name, u.url) for u in fresh.upstreams]
-            != [(u.name, u.url) for u in running.upstreams]
-            or fresh.routes != running.routes
-        ):
+        if [(u.name, u.url) for u in fresh.upstreams] != [
+            (u.name, u.url) for u in running.upstreams
+        ] or fresh.routes != running.routes:
             log.warning("upstreams and routes change on restart only; reloading the policy")
         policy.set_config(fresh)
         log.info(

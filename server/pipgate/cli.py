@@ -65,6 +65,75 @@ def build_parser() -> argparse.ArgumentParser:
         help="check only the upstream with this name (default: each in turn)",
     )
     _add_quarantine(commands)
+    prefetch = commands.add_parser(
+        "prefetch",
+        help="warm the cache with what requirements or lock files need, for every target",
+        description="Exit status 0 everything is cached, 1 something failed or did not "
+        "resolve, 2 bad input.",
+    )
+    _add_config_flags(prefetch)
+    prefetch.add_argument(
+        "items",
+        nargs="*",
+        metavar="SPEC|LOCKFILE",
+        help="requirements like 'requests>=2.31', or lock files (pylock.toml, uv.lock, "
+        "poetry.lock, pdm.lock)",
+    )
+    prefetch.add_argument(
+        "-r", "--requirement", action="append", default=[], type=Path, metavar="FILE"
+    )
+    prefetch.add_argument(
+        "-c", "--constraint", action="append", default=[], type=Path, metavar="FILE"
+    )
+    prefetch.add_argument("--lock", action="append", default=[], type=Path, metavar="FILE")
+    prefetch.add_argument(
+        "--python",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="VERSION",
+        help="target Python versions, e.g. 3.10 3.11 (default: this one)",
+    )
+    prefetch.add_argument(
+        "--platform",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="TAG",
+        help="target platforms, e.g. manylinux_2_28_x86_64 win_amd64 (default: this one)",
+    )
+    prefetch.add_argument("--server", metavar="URL", help="a running pipgate (default: in-process)")
+    prefetch.add_argument("--jobs", type=int, default=4, help="downloads at once (default 4)")
+    prefetch.add_argument("--json", action="store_true", help="machine-readable report")
+    export = commands.add_parser(
+        "export",
+        help="write the cache as a static simple repository (to carry across an air gap)",
+        description="What an offline pipgate would serve, policy applied. Exit status 0 "
+        "written, 2 bad input.",
+    )
+    _add_config_flags(export)
+    export.add_argument("dest", type=Path, metavar="DIR", help="directory to write")
+    export.add_argument(
+        "--project", action="append", default=[], help="only this project (repeatable)"
+    )
+    export.add_argument(
+        "--since", type=Path, metavar="MANIFEST", help="leave out files an earlier export has"
+    )
+    export.add_argument("--archive", action="store_true", help="write DIR as one tar file")
+    export.add_argument("--json", action="store_true", help="machine-readable report")
+    imp = commands.add_parser(
+        "import",
+        help="load an export into this cache, verifying every file",
+        description="Exit status 0 all imported, 1 some files refused or missing, 2 not an export.",
+    )
+    _add_config_flags(imp)
+    imp.add_argument("source", type=Path, metavar="DIR|ARCHIVE")
+    imp.add_argument(
+        "--upstream-name",
+        metavar="NAME",
+        help="whose cached pages they become (default: the first)",
+    )
+    imp.add_argument("--json", action="store_true", help="machine-readable report")
     audit = commands.add_parser(
         "audit",
         help="who downloaded what, and when (the audit trail)",
@@ -113,7 +182,16 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         "--config", metavar="FILE", help="TOML configuration file (env PIPGATE_CONFIG)"
     )
     for setting in SETTINGS:
-        if setting.flag:
+        if setting.switch:
+            parser.add_argument(
+                setting.option,
+                dest=setting.name,
+                action="store_const",
+                const="true",
+                default=None,
+                help=f"{setting.help} (env {setting.env_var}, toml {setting.toml_key})",
+            )
+        elif setting.flag:
             parser.add_argument(
                 setting.option,
                 dest=setting.name,
@@ -146,6 +224,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return quarantine(config, args)
     if args.command == "audit":
         return audit(config, args)
+    if args.command == "prefetch":
+        return prefetch(config, args)
+    if args.command == "export":
+        return export(config, args)
+    if args.command == "import":
+        return import_(config, args)
     if args.command == "verify":
         return verify(config, repair=args.repair, as_json=args.json)
     if args.command == "doctor":
@@ -270,6 +354,88 @@ def audit(config: Config, args: argparse.Namespace) -> int:
             + (f"  {row['reason']}" if row["reason"] else "")
         )
     return 0
+
+
+def prefetch(config: Config, args: argparse.Namespace) -> int:
+    """``pipgate prefetch``."""
+    from pipgate.prefetch import run
+    from pipgate.prefetch.locks import is_lock_filename
+    from pipgate.prefetch.targets import parse_targets
+
+    locks = list(args.lock)
+    specs = []
+    for item in args.items:
+        path = Path(item)
+        if is_lock_filename(path.name):
+            locks.append(path)
+        else:
+            specs.append(item)
+    try:
+        targets = parse_targets(args.python, args.platform)
+        inputs = run.Inputs(args.requirement, args.constraint, locks, specs)
+        progress: run.Progress = run.Bar() if sys.stderr.isatty() and not args.json else run.Lines()
+        report = asyncio.run(
+            run.prefetch(config, inputs, targets, progress, server=args.server, jobs=args.jobs)
+        )
+    except (ValueError, run.PrefetchError) as exc:
+        print(f"pipgate: prefetch: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.to_json(), indent=2) if args.json else run.summary(report))
+    return 0 if report.ok else 1
+
+
+def export(config: Config, args: argparse.Namespace) -> int:
+    """``pipgate export DIR``."""
+    from pipgate.transfer.export import DirectoryWriter, TarWriter, export_cache
+
+    since = None
+    if args.since is not None:
+        try:
+            since = json.loads(args.since.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"pipgate: export: --since {args.since}: {exc}", file=sys.stderr)
+            return 2
+    if not (config.cache_dir / "catalog").is_dir():
+        print(f"pipgate: export: no cache at {config.cache_dir}", file=sys.stderr)
+        return 2
+    writer = TarWriter(args.dest) if args.archive else DirectoryWriter(args.dest)
+    report = asyncio.run(
+        export_cache(config, writer, projects=[normalize(p) for p in args.project], since=since)
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(
+            f"exported {report.projects} projects, {report.files} files "
+            f"({report.bytes / (1 << 20):.1f} MiB) to {args.dest}"
+            + (f"; {report.skipped_known} already exported" if report.skipped_known else "")
+        )
+        for line in report.left_out:
+            print(f"  left out: {line}")
+    return 0
+
+
+def import_(config: Config, args: argparse.Namespace) -> int:
+    """``pipgate import DIR|ARCHIVE``."""
+    from pipgate.transfer.imports import ExportUnreadable, import_export
+
+    try:
+        report = import_export(config, args.source, upstream=args.upstream_name)
+    except ExportUnreadable as exc:
+        print(f"pipgate: import: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(
+            f"imported {report.files} files ({report.files_present} already here) and "
+            f"{report.pages} pages ({report.pages_unchanged} unchanged)"
+        )
+        for line in report.refused:
+            print(f"  refused: {line}")
+        for line in report.missing:
+            print(f"  missing: {line}")
+    return 0 if report.ok else 1
 
 
 def serve(config: Config, reload_config: Callable[[], Config] | None = None) -> int:

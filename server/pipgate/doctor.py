@@ -322,9 +322,7 @@ def _peer_issuer(proxy: Proxy | None, host: str, port: int) -> str:
     return str(issuer.get("commonName") or issuer.get("organizationName") or "unknown")
 
 
-async def _check_page(
-    client: UpstreamClient, project: str
-) -> tuple[Step, ProjectPage | None]:
+async def _check_page(client: UpstreamClient, project: str) -> tuple[Step, ProjectPage | None]:
     url = client.project_url(project)
     started = time.monotonic()
     try:

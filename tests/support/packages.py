@@ -228,8 +228,10 @@ def build_wheel(
     requires_python: str | None = None,
     extra_files: dict[str, bytes] | None = None,
     pad_to: int = 0,
+    tag: str = "py3-none-any",
 ) -> BuiltDist:
-    """A pure-Python ``py3-none-any`` wheel that pip and uv install for real.
+    """A pure-Python wheel (``py3-none-any`` unless `tag` says otherwise, e.g.
+    ``cp311-cp311-win_amd64`` for platform tests) that pip and uv install for real.
 
     `pad_to` appends a ZIP_STORED data file so the wheel is at least that many bytes,
     for large-download tests.
@@ -240,14 +242,14 @@ def build_wheel(
     files: dict[str, bytes] = {f"{escaped}/__init__.py": _module_source(name, version)}
     files.update(extra_files or {})
     files[f"{dist_info}/METADATA"] = metadata
-    files[f"{dist_info}/WHEEL"] = _backend.wheel_metadata_file()
+    files[f"{dist_info}/WHEEL"] = _backend.wheel_metadata_file(tag)
     data: bytes = _backend.wheel_bytes(dist_info, files)
     if pad_to > len(data):
         # Adding N stored bytes grows the zip by at least N, so this reaches pad_to.
         pad_path = f"{escaped}/_padding.bin"
         files[pad_path] = _padding(pad_to - len(data), f"{name}-{version}")
         data = _backend.wheel_bytes(dist_info, files, stored={pad_path})
-    filename = f"{escaped}-{version}-py3-none-any.whl"
+    filename = f"{escaped}-{version}-{tag}.whl"
     return _built(name, version, filename, data, metadata, requires_python)
 
 

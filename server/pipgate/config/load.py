@@ -31,7 +31,6 @@ from pipgate.config.schema import (
     Setting,
     UpstreamConfig,
 )
-from pipgate.redact import upstream_label
 
 
 class ConfigError(ValueError):
@@ -110,7 +109,7 @@ def _build_upstream(
 ) -> UpstreamConfig:
     """The slice of one upstream, with its credentials resolved and checked."""
     url = values.get("url", UpstreamConfig.url)
-    name = values.get("name") or upstream_label(url)
+    name = values.get("name") or UpstreamConfig(url=url).name
     prefix = where or f"upstream[{name}]"
     clean_url, url_auth = split_credentials(url)
     upstream = UpstreamConfig(**{**values, "url": clean_url, "name": name})
@@ -261,8 +260,7 @@ def _build_rule(values: dict[str, Any], config: Config, number: int) -> PolicyRu
         raise ConfigError(f"{where}: needs an action (allow or deny) or min_age/exclude_newer")
     if action == "allow" and config.policy_default == "allow" and not cooldown:
         raise ConfigError(
-            f"{where}.action: allow has no effect unless [policy] default = \"deny\" "
-            "(an allow-list)"
+            f'{where}.action: allow has no effect unless [policy] default = "deny" (an allow-list)'
         )
     known = {u.name for u in config.upstreams}
     for upstream in values.get("upstreams", ()):

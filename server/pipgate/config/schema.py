@@ -41,6 +41,8 @@ class Setting:
     attr: str = ""
     #: Whether a ``PIPGATE_*`` variable sets it (``[[route]]`` keys are TOML only).
     env: bool = True
+    #: A flag that takes no value (``--offline``): it means "true".
+    switch: bool = False
 
     @property
     def field(self) -> str:
@@ -101,6 +103,15 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
         "worker processes sharing the port and the cache",
         flag=True,
         metavar="N",
+    ),
+    _s(
+        "offline",
+        "server",
+        "offline",
+        v.parse_bool,
+        "no upstream traffic at all: serve only what is cached",
+        flag=True,
+        switch=True,
     ),
     _s("cache_dir", "cache", "dir", v.parse_path, "cache directory", flag=True),
     _s(
@@ -520,7 +531,8 @@ class UpstreamConfig:
 
     def __post_init__(self) -> None:
         if not self.name:
-            object.__setattr__(self, "name", upstream_label(self.url))
+            default = "export" if self.url.startswith("file:") else upstream_label(self.url)
+            object.__setattr__(self, "name", default)
 
     @property
     def origin(self) -> str:
@@ -576,6 +588,8 @@ class Config:
     log_level: str = "info"
     log_format: str = "text"
     workers: int = 1
+    #: No upstream traffic at all; pages list only what is cached.
+    offline: bool = False
     cache_dir: Path = field(default_factory=v.default_cache_dir)
     index_ttl: float = 600.0
     root_ttl: float = 3600.0

@@ -98,11 +98,20 @@ def parse_int(raw: Any) -> int:
 
 
 def parse_index_url(raw: Any) -> str:
-    """An http(s) simple-index URL, normalised to end in ``/``."""
+    """An http(s) simple-index URL, or a ``file:///`` one (a ``pipgate export``
+    directory), normalised to end in ``/``."""
     text = str(raw).strip()
     parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("expected an http:// or https:// URL like https://pypi.org/simple/")
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ValueError(
+                "expected a file URL of an absolute path like file:///mnt/export/simple/"
+            )
+    elif parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            "expected an http:// or https:// URL like https://pypi.org/simple/ "
+            "(or file:///path/simple/ for an export)"
+        )
     if parts.query or parts.fragment:
         raise ValueError("must not contain a query string or fragment")
     return text if text.endswith("/") else text + "/"
@@ -305,9 +314,7 @@ def parse_optional_timestamp(raw: Any) -> float | None:
         try:
             moment = datetime.fromisoformat(text)
         except ValueError:
-            raise ValueError(
-                f"expected a time like 2026-03-24T00:00:00Z, got {raw!r}"
-            ) from None
+            raise ValueError(f"expected a time like 2026-03-24T00:00:00Z, got {raw!r}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
@@ -377,5 +384,3 @@ def _candidates(spec: SpecifierSet) -> list[Version]:
             lower = (*release[:-1], release[-1] - 1)
             found.append(Version(".".join(map(str, lower)) + ".999"))
     return found
-
-

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from pipgate.errors import Reason, UpstreamError
 from pipgate.failures import FailureReporter
+from pipgate.files.metadata import METADATA_SUFFIX, DerivedMetadata, metadata_key
 from pipgate.metrics import Metrics
-from pipgate.pages.source import FileOffer, PageSource
+from pipgate.pages.source import FileOffer, NotOffered, PageSource
 from pipgate.simple.model import DistFile
 from pipgate.store.blobs import VERIFIABLE, BlobStore, Committed, IntegrityError, is_sha256
 from pipgate.store.catalog import BlobRecord, Catalog
@@ -30,7 +31,6 @@ from pipgate.upstream.registry import Upstreams
 
 log = logging.getLogger("pipgate.files")
 
-METADATA_SUFFIX = ".metadata"
 #: Seconds between two recorded accesses of one file by one worker.
 TOUCH_INTERVAL = 60.0
 #: How long a cache hit is remembered in memory before it is looked up again.
@@ -38,8 +38,8 @@ HIT_MEMO_SECONDS = 5.0
 HIT_MEMO_ENTRIES = 10_000
 
 
-class FileNotFound(Exception):
-    """No such file (unknown, not offered, or the project is quarantined)."""
+class FileNotFound(NotOffered):
+    """No such file: not offered, or no metadata for it."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,7 @@ class FileService:
         metrics: Metrics,
         evictor: Evictor,
         reporter: FailureReporter,
+        derived: DerivedMetadata,
     ) -> None:
         self._pages = pages
         self._upstreams = upstreams
@@ -87,6 +88,9 @@ class FileService:
         self._metrics = metrics
         self._evictor = evictor
         self._reporter = reporter
+        self._derived = derived
+        #: Metadata extractions running after a wheel was committed.
+        self._deriving: set[asyncio.Task[str | None]] = set()
         self._metadata_inflight: dict[str, asyncio.Task[Served]] = {}
         #: sha256 -> when this worker last recorded an access (writes are throttled).
         self._touched: dict[str, float] = {}
@@ -122,6 +126,7 @@ class FileService:
 
         async def on_commit(committed: Committed) -> None:
             await self._record(project, filename, key, committed)
+            self._derive_later(offer, key)
 
         download, started = self._downloads.get_or_start(
             key,
@@ -148,6 +153,26 @@ class FileService:
             result="miss",
             upstream=offer.upstream,
         )
+
+    def _derive_later(self, offer: FileOffer, key: str) -> None:
+        """Extract a committed wheel's metadata in the background (not on the path of
+        the download's last byte)."""
+        if not offer.dist.filename.endswith(".whl"):
+            return
+        task = asyncio.create_task(
+            asyncio.to_thread(self._derived.derive, offer.project, offer.dist, key)
+        )
+        self._deriving.add(task)
+        task.add_done_callback(self._deriving.discard)
+
+    async def idle(self) -> None:
+        """Wait for the background metadata extractions started so far."""
+        if self._deriving:
+            await asyncio.gather(*self._deriving, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Wait for background work (shutdown)."""
+        await self.idle()
 
     def _failed(self, offer: FileOffer, file: str) -> OnFailure:
         """Where a failed fetch of ``offer`` is reported."""
@@ -191,8 +216,11 @@ class FileService:
         offer = await self._offer(project, key, filename)
         if not offer.dist.has_metadata:
             raise FileNotFound(f"no metadata for {filename}")
-        meta_key = f"meta:{key}"
-        sha = await self._catalog.get_alias(meta_key)
+        meta_key = metadata_key(key)
+        sha = await asyncio.to_thread(self._derived.cached, key)
+        if sha is None:
+            # A cached wheel holds its own METADATA: no upstream request needed.
+            sha = await asyncio.to_thread(self._derived.derive, offer.project, offer.dist, key)
         if sha is not None:
             size = await asyncio.to_thread(self._blobs.size, sha)
             if size is not None:
@@ -231,7 +259,7 @@ class FileService:
             error = UpstreamError(Reason(exc.kind), f"metadata of {dist.filename}: {exc}")
             report(error)
             raise error from exc
-        await self._record(offer.project, name, f"meta:{key}", committed)
+        await self._record(offer.project, name, metadata_key(key), committed)
         return Served(
             name,
             committed.sha256,

@@ -165,7 +165,6 @@ class UpstreamList:
             names.unlink(missing_ok=True)
 
 
-
 def _parse_list(source: Path, is_json: bool) -> Iterator[ProjectEntry]:
     try:
         if is_json:

@@ -215,6 +215,7 @@ def _not_found(views: Sequence[PageView]) -> PageView:
         digest="",
         result=_worst(v.result for v in views),
         age=max((v.age for v in views), default=0.0),
+        missing=next((v.missing for v in views if v.missing), None),
     )
 
 

@@ -20,6 +20,10 @@ from pipgate.links import file_key
 from pipgate.simple.model import DistFile, ProjectPage
 
 
+class NotOffered(Exception):
+    """The page does not offer this file; the message says why (shown to the client)."""
+
+
 @dataclass(frozen=True, slots=True)
 class FileOffer:
     """A file a project's page offers, and the upstream it is fetched from."""
@@ -84,6 +88,8 @@ class PageView:
     first_seen: dict[str, float] | None = field(default=None, repr=False, compare=False)
     #: Seconds until what is served changes by itself (a file leaves its cooldown).
     expires_in: float | None = None
+    #: Why there is no page, when it is not simply "upstream has no such project".
+    missing: str | None = None
 
     @property
     def stale(self) -> bool:
@@ -125,7 +131,7 @@ class PageSource(Protocol):
 
     async def find_file(self, name: str, key: str, filename: str) -> FileOffer | None:
         """The file of project ``name`` with this URL key and filename, if its page
-        offers it."""
+        offers it (a stage may raise :class:`NotOffered` to say why not)."""
         ...
 
     async def close(self) -> None:

@@ -20,16 +20,14 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 
 from pipgate.config import Config
 from pipgate.errors import Reason, UpstreamError
 from pipgate.failures import FailureReporter
 from pipgate.metrics import Metrics
+from pipgate.pages.cache import PageCache
 from pipgate.pages.project_list import UpstreamList
-from pipgate.pages.source import FileOffer, Offers, PageView, ProjectList
+from pipgate.pages.source import FileOffer, PageView, ProjectList
 from pipgate.redact import redact_url
 from pipgate.simple.model import ProjectPage
 from pipgate.simple.parse import PageParseError, parse_project_html, parse_project_json
@@ -38,13 +36,6 @@ from pipgate.upstream.client import PageFetch, UpstreamClient
 from pipgate.upstream.origins import keep_allowed_files
 
 log = logging.getLogger("pipgate.pages")
-
-#: Parsed pages kept in memory, by content digest (big projects parse in ~50 ms).
-MODEL_CACHE_SIZE = 256
-#: How long this worker trusts a page record it read, before reading it again (other
-#: workers may have refreshed it); a fresh record stays valid for the page TTL anyway.
-RECORD_MEMO_SECONDS = 2.0
-RECORD_MEMO_ENTRIES = 10_000
 
 
 class UpstreamPages:
@@ -65,13 +56,12 @@ class UpstreamPages:
         self._metrics = metrics
         self._reporter = reporter
         self._inflight: dict[str, asyncio.Task[PageView]] = {}
-        self._models: OrderedDict[str, _Memo] = OrderedDict()
-        self._records: dict[str, tuple[PageRecord, float]] = {}
+        self._cache = PageCache(client.name, catalog, client.config.synthesize_upload_time)
         self._list = UpstreamList(
             client,
             catalog,
             reporter,
-            config.cache_dir / "lists" / _dir_name(client.name),
+            config.cache_dir / "lists" / list_dir_name(client.name),
             ttl=config.root_ttl,
             max_stale=config.max_stale,
         )
@@ -79,9 +69,9 @@ class UpstreamPages:
     async def project(self, name: str, *, revalidate: bool = False) -> PageView:
         """The page of ``name`` in this upstream (a view without page if it has none)."""
         if not revalidate:
-            record = await self._record(name)
+            record = await self._cache.record(name)
             if record is not None and record.age() < self._ttl(record):
-                view = await self._view(name, record, "hit")
+                view = await self._cache.view(name, record, "hit")
                 if view is not None:
                     return view
         return await self._shared_refresh(name)
@@ -97,62 +87,8 @@ class UpstreamPages:
     async def close(self) -> None:
         await self._list.close()
 
-    # --- records and models ------------------------------------------------------------
-
-    async def _record(self, name: str) -> PageRecord | None:
-        memo = self._records.get(name)
-        if memo is not None and time.monotonic() - memo[1] < RECORD_MEMO_SECONDS:
-            return memo[0]
-        record = await self._catalog.get_page(self.name, name)
-        if record is not None:
-            self._remember_record(name, record)
-        return record
-
-    def _remember_record(self, name: str, record: PageRecord) -> None:
-        if len(self._records) >= RECORD_MEMO_ENTRIES:
-            self._records.clear()
-        self._records[name] = (record, time.monotonic())
-
     def _ttl(self, record: PageRecord) -> float:
         return self._config.index_ttl if record.status == 200 else self._config.negative_ttl
-
-    async def _view(self, name: str, record: PageRecord, result: str) -> PageView | None:
-        if record.status != 200:
-            return PageView(page=None, digest="", result=result, age=record.age())
-        memo = self._models.get(record.digest)
-        if memo is None:
-            model = await self._catalog.get_model(self.name, name)
-            if model is None or hashlib.sha256(model).hexdigest() != record.digest:
-                return None
-            page = await asyncio.to_thread(ProjectPage.from_json, model)
-            memo = await self._remember(record.digest, page)
-        else:
-            self._models.move_to_end(record.digest)
-        return memo.view(result, record.age())
-
-    async def _remember(self, digest: str, page: ProjectPage) -> _Memo:
-        """Keep a parsed page with its offers and first-seen times (recording the files
-        seen for the first time now)."""
-        unstamped = [f.filename for f in page.files if not f.upload_time]
-        seen = await self._catalog.first_seen(self.name, page.name, unstamped, time.time())
-        served, served_digest = page, digest
-        if self._client.config.synthesize_upload_time and unstamped:
-            served = replace(
-                page,
-                files=tuple(
-                    replace(f, upload_time=_iso(seen[f.filename]))
-                    if not f.upload_time and f.filename in seen
-                    else f
-                    for f in page.files
-                ),
-            )
-            served_digest = hashlib.sha256(f"{digest}|synthesized".encode()).hexdigest()
-        memo = _Memo(served, served_digest, Offers(served, self.name), seen, self.name)
-        self._models[digest] = memo
-        self._models.move_to_end(digest)
-        while len(self._models) > MODEL_CACHE_SIZE:
-            self._models.popitem(last=False)
-        return memo
 
     # --- refresh -------------------------------------------------------------------------
 
@@ -180,7 +116,7 @@ class UpstreamPages:
                 exc, upstream=self.name, proxy=self._client.proxy_label(), project=name
             )
             if record is not None and record.age() <= self._config.max_stale:
-                view = await self._view(name, record, "stale")
+                view = await self._cache.view(name, record, "stale")
                 if view is not None:
                     return view
             raise
@@ -190,7 +126,7 @@ class UpstreamPages:
         if fetched.status == 404:
             record = PageRecord(status=404, fetched_at=now)
             await self._catalog.put_page(self.name, name, record, None)
-            self._remember_record(name, record)
+            self._cache.remember_record(name, record)
             return PageView(page=None, digest="", result="miss", age=0.0)
         if fetched.status == 304 and old is not None and old.status == 200:
             record = PageRecord(
@@ -202,8 +138,8 @@ class UpstreamPages:
                 project_status=old.project_status,
             )
             await self._catalog.put_page(self.name, name, record, None)
-            self._remember_record(name, record)
-            view = await self._view(name, record, "revalidated")
+            self._cache.remember_record(name, record)
+            view = await self._cache.view(name, record, "revalidated")
             if view is not None:
                 return view
             # The model vanished from the catalog: fetch unconditionally.
@@ -223,8 +159,8 @@ class UpstreamPages:
         )
         unchanged = old is not None and old.status == 200 and old.digest == digest
         await self._catalog.put_page(self.name, name, record, None if unchanged else model)
-        self._remember_record(name, record)
-        memo = await self._remember(digest, page)
+        self._cache.remember_record(name, record)
+        memo = await self._cache.remember(digest, page)
         return memo.view("revalidated" if unchanged else "miss", 0.0)
 
     def _parse(self, fetched: PageFetch, name: str) -> ProjectPage:
@@ -263,34 +199,6 @@ class UpstreamPages:
         return page
 
 
-@dataclass(frozen=True)
-class _Memo:
-    """A parsed page as served, kept by content digest."""
-
-    page: ProjectPage
-    digest: str
-    offers: Offers
-    first_seen: dict[str, float]
-    upstream: str
-
-    def view(self, result: str, age: float) -> PageView:
-        return PageView(
-            page=self.page,
-            digest=self.digest,
-            result=result,
-            age=age,
-            upstream=self.upstream,
-            offers=self.offers,
-            first_seen=self.first_seen,
-        )
-
-
-def _iso(timestamp: float) -> str:
-    """PEP 700 ``upload-time``: ISO 8601 in UTC with a ``Z``."""
-    moment = datetime.fromtimestamp(timestamp, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _dir_name(name: str) -> str:
+def list_dir_name(name: str) -> str:
     """A directory name for an upstream name (``:`` kept out of paths)."""
     return name.replace("%", "%25").replace(":", "%3A")

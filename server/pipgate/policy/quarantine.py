@@ -75,9 +75,7 @@ class QuarantineStore:
         """Apply ``edit`` to the list under the lock and write the result atomically."""
         with self._locked():
             entries = edit(self.load())
-            body = json.dumps(
-                {"version": 1, "entries": [asdict(e) for e in entries]}, indent=2
-            )
+            body = json.dumps({"version": 1, "entries": [asdict(e) for e in entries]}, indent=2)
             part = self.dir / f"quarantine.{uuid.uuid4().hex}.part"
             try:
                 with open(part, "w", encoding="utf-8") as out:

@@ -232,9 +232,7 @@ class Policy:
             if not fnmatchcase(project, q.entry.project):
                 continue
             if q.versions is None or (
-                not whole
-                and version is not None
-                and q.versions.contains(version, prereleases=True)
+                not whole and version is not None and q.versions.contains(version, prereleases=True)
             ):
                 reason = f": {q.entry.reason}" if q.entry.reason else ""
                 return Block(
@@ -301,9 +299,7 @@ class Policy:
 def _compile(rule: PolicyRule) -> _Rule:
     cooldown = None
     if rule.min_age is not None or rule.exclude_newer is not None:
-        cooldown = Cooldown(
-            rule.min_age if rule.min_age is not None else -1.0, rule.exclude_newer
-        )
+        cooldown = Cooldown(rule.min_age if rule.min_age is not None else -1.0, rule.exclude_newer)
     return _Rule(
         name=rule.name,
         action=rule.action,

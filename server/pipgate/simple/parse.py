@@ -96,14 +96,19 @@ def _resolve(base: str, href: str) -> str | None:
     """Absolute http(s) URL of ``href`` without fragment; ``None`` if unusable.
 
     Other schemes (``file:``, ``javascript:``...) are dropped so an upstream page can
-    never make pipgate fetch something that is not a web resource.
+    never make pipgate fetch something that is not a web resource. The one exception:
+    a page read from a ``file:`` index (a ``pipgate export`` directory) links files
+    next to it, also ``file:`` (the local index keeps them inside its directory).
     """
     try:
         url = urljoin(base, href.strip()).partition("#")[0]
         scheme = urlsplit(url).scheme
+        base_scheme = urlsplit(base).scheme
     except ValueError:  # e.g. an unbalanced "[" in the host
         return None
-    return url if scheme in ("http", "https") else None
+    if scheme in ("http", "https") or (scheme == "file" and base_scheme == "file"):
+        return url
+    return None
 
 
 def _safe_filename(filename: str) -> bool:

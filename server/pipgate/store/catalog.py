@@ -114,14 +114,21 @@ class Catalog:
         self, source: str, project: str, record: PageRecord, model: bytes | None
     ) -> None:
         """Store a page record and, when given, its model (both in one transaction)."""
+        await asyncio.to_thread(self.put_page_now, source, project, record, model)
 
-        def write() -> None:
-            with self._cache.transact():
-                if model is not None:
-                    self._cache.set(f"model/{source}/{project}", model)
-                self._cache.set(f"page/{source}/{project}", asdict(record))
+    def put_page_now(
+        self, source: str, project: str, record: PageRecord, model: bytes | None
+    ) -> None:
+        """Blocking :meth:`put_page`."""
+        with self._cache.transact():
+            if model is not None:
+                self._cache.set(f"model/{source}/{project}", model)
+            self._cache.set(f"page/{source}/{project}", asdict(record))
 
-        await asyncio.to_thread(write)
+    def get_page_now(self, source: str, project: str) -> PageRecord | None:
+        """Blocking :meth:`get_page`."""
+        raw = self._cache.get(f"page/{source}/{project}")
+        return PageRecord(**raw) if raw else None
 
     async def first_seen(
         self, source: str, project: str, filenames: list[str], now: float
@@ -141,6 +148,17 @@ class Catalog:
             return seen
 
         return await asyncio.to_thread(update)
+
+    def cached_projects(self, source: str) -> list[str]:
+        """Projects with a cached page in ``source`` (blocking; the offline list)."""
+        prefix = f"page/{source}/"
+        names = []
+        for key in list(self._cache.iterkeys()):
+            if isinstance(key, str) and key.startswith(prefix):
+                raw = self._cache.get(key)
+                if raw and raw.get("status") == 200:
+                    names.append(key[len(prefix) :])
+        return names
 
     def drop_legacy_keys(self) -> int:
         """Remove page records of the old unnamed layout (blocking; start-up)."""
@@ -261,6 +279,10 @@ class Catalog:
     async def put_alias(self, key: str, sha256: str) -> None:
         """Remember the sha256 of a file known by another key."""
         await self._set(f"alias:{key}", sha256)
+
+    def put_alias_now(self, key: str, sha256: str) -> None:
+        """Blocking :meth:`put_alias`."""
+        self._cache.set(f"alias:{key}", sha256)
 
     # project lists
     async def get_list(self, source: str) -> ListRecord | None:

@@ -114,8 +114,13 @@ def build_ssl_context(upstream: UpstreamConfig) -> ssl.SSLContext:
 class UpstreamClient:
     """One upstream simple index reached over one aiohttp session."""
 
-    def __init__(self, upstream: UpstreamConfig, metrics: Metrics) -> None:
+    def __init__(
+        self, upstream: UpstreamConfig, metrics: Metrics, *, offline: bool = False
+    ) -> None:
         self.config = upstream
+        #: Offline: no request ever leaves (the page pipeline asks for none; this is
+        #: the guarantee).
+        self.offline = offline
         self.name = upstream.name
         self.index_url = upstream.url
         self.metrics = metrics
@@ -145,6 +150,8 @@ class UpstreamClient:
 
     async def start(self) -> None:
         """Open the session (inside the running loop)."""
+        if self.offline:
+            return
         if not self.config.verify:
             log.warning(
                 "TLS VERIFICATION IS OFF for upstream %s (verify = false): "
@@ -494,6 +501,8 @@ class UpstreamClient:
     # --- retries and health --------------------------------------------------------------
 
     async def _with_retries(self, attempt: Callable[[], Awaitable[T]], *, what: str, url: str) -> T:
+        if self.offline:
+            raise UpstreamError(Reason.OTHER, f"offline: {what} not cached here", status=404)
         self.health.check()
         tries = 1 + self.config.retries
         deadline = time.monotonic() + self.config.retry_max_time

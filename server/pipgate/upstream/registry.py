@@ -7,13 +7,19 @@ from collections.abc import Iterator
 from pipgate.config import Config
 from pipgate.metrics import Metrics
 from pipgate.upstream.client import UpstreamClient
+from pipgate.upstream.local import LocalIndexClient
 
 
 class Upstreams:
     """Name -> :class:`UpstreamClient`, in configuration order (the default route)."""
 
     def __init__(self, config: Config, metrics: Metrics) -> None:
-        self._clients = {u.name: UpstreamClient(u, metrics) for u in config.upstreams}
+        self._clients = {
+            u.name: (LocalIndexClient if u.url.startswith("file:") else UpstreamClient)(
+                u, metrics, offline=config.offline
+            )
+            for u in config.upstreams
+        }
 
     def __getitem__(self, name: str) -> UpstreamClient:
         return self._clients[name]

@@ -21,8 +21,9 @@ from aiohttp import web
 
 from pipgate.audit import AuditRecord
 from pipgate.errors import UpstreamError
-from pipgate.files.service import METADATA_SUFFIX, FileNotFound, Served
+from pipgate.files.service import METADATA_SUFFIX, Served
 from pipgate.links import is_file_key, is_safe_filename
+from pipgate.pages.source import NotOffered
 from pipgate.simple.names import is_valid_name, normalize
 from pipgate.store.blobs import BlobStore, is_sha256
 from pipgate.store.downloads import Download
@@ -80,7 +81,7 @@ async def file(request: web.Request) -> web.StreamResponse:
             response = await send(request, served, sent)
         status = response.status
         return response
-    except FileNotFound as exc:
+    except NotOffered as exc:
         status = 404
         return text_error(404, str(exc))
     except UpstreamError as exc:

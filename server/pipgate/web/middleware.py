@@ -90,4 +90,3 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: every response, streamed ones too, names its request."""
     response.headers["X-Request-ID"] = request.get(REQUEST_ID, "-")
-

@@ -49,10 +49,13 @@ async def readyz(request: web.Request) -> web.Response:
             }
         )
     down = [client.name for client in svc.upstreams if client.is_down]
-    if len(down) == len(upstreams):
+    if svc.config.offline:
+        warnings.append("offline: no upstream traffic; serving only what is cached")
+    elif len(down) == len(upstreams):
         problems.append("every upstream is marked down after repeated failures: " + ", ".join(down))
     body = {
         "ready": not problems,
+        "offline": svc.config.offline,
         "problems": problems,
         "warnings": warnings,
         "upstreams": upstreams,

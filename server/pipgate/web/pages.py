@@ -51,7 +51,7 @@ async def project(request: web.Request) -> web.StreamResponse:
     view = await svc.pages.project(name, revalidate=_revalidate(request))
     svc.metrics.cache("page", view.result)
     if view.page is None:
-        response = text_error(404, f"project {name} not found upstream")
+        response = text_error(404, view.missing or f"project {name} not found upstream")
         response.headers["Cache-Control"] = f"max-age={int(svc.config.negative_ttl)}"
         return response
     base = link_base(request)

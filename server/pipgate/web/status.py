@@ -125,6 +125,7 @@ class StatusSnapshot:
     generated_at: float
     routes: tuple[RouteStatus, ...] = ()
     policy: PolicyStatus = field(default_factory=PolicyStatus)
+    offline: bool = False
 
 
 # --- reading the metrics exposition --------------------------------------------------
@@ -212,6 +213,8 @@ h2 small{font-weight:400;font-size:14px;color:var(--muted)}
 .upstream+.upstream{border-top:1px solid var(--line);margin-top:14px;padding-top:12px}
 h3{font-size:16px;margin:0 0 8px}
 h4{font-size:14px;margin:14px 0 6px;color:var(--muted)}
+.offline{background:var(--warnbg);color:var(--warn);border:1px solid #f0d48a;
+border-radius:6px;padding:8px 12px;margin:0 0 16px;font-weight:600}
 """
 
 
@@ -457,7 +460,13 @@ def render_status(snapshot: StatusSnapshot) -> str:
         f"<title>pipgate {_e(snapshot.version)}</title><style>{_CSS}</style></head><body>"
         f'<header><h1>pipgate</h1><span class="version">version {_e(snapshot.version)}'
         f" · {_e(_utc(snapshot.generated_at))}</span><nav>{nav}</nav></header><main>"
-        '<div class="grid">'
+        + (
+            '<p class="offline">Offline: no upstream is asked; pages list only the files '
+            "this cache holds.</p>"
+            if snapshot.offline
+            else ""
+        )
+        + '<div class="grid">'
         f"{_upstreams_section(snapshot.upstreams)}{_cache_section(snapshot.cache)}</div>"
         f"{_routes_section(snapshot.routes)}{_policy_section(snapshot.policy, snapshot.failures)}"
         f"{_failures_section(snapshot.failures)}{_usage_section(snapshot.index_url)}"
@@ -508,6 +517,7 @@ async def snapshot(request: web.Request) -> StatusSnapshot:
         generated_at=time.time(),
         routes=routes,
         policy=policy,
+        offline=svc.config.offline,
     )
 
 

@@ -1,0 +1,1 @@
+"""``pipgate prefetch``: warm the cache from lock files, requirements and install targets."""

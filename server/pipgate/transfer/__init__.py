@@ -1,0 +1,1 @@
+"""Carrying a cache across an air gap: ``pipgate export`` and ``pipgate import``."""
