@@ -418,3 +418,16 @@ def test_a_zip_bomb_wheel_is_served_but_gets_no_metadata(tmp_path: Path) -> None
             assert status_and_body(gate.url + "/healthz")[0] == 200
     finally:
         fake.stop()
+
+
+def test_prefetch_into_a_running_pipgate(index: FakePyPI, tmp_path: Path) -> None:
+    cache = tmp_path / "server-cache"
+    with PipgateProcess(upstream=index.index_url, cache_dir=cache) as gate:
+        result = pipgate(
+            "prefetch", "app", "--server", gate.url, "--cache-dir", str(tmp_path / "unused")
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert APP.filename in fetched(index)
+        assert f'"GET /files/app/{APP.sha256}/{APP.filename}"' in gate.log()
+    assert (cache / "blobs" / APP.sha256[:2] / APP.sha256[2:4] / APP.sha256).is_file()
+    assert not (tmp_path / "unused" / "blobs").exists()
