@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
 from pipgate.upstream import client as upstream_client
+from pipgate.web.state import SERVICES
 from tests.support.fake_pypi import FakePyPI
 from tests.support.links import file_path
 from tests.support.metrics import metric_value
@@ -132,8 +134,13 @@ async def test_hash_mismatch_aborts_the_body_and_counts_the_failure(
     with pytest.raises(aiohttp.ClientPayloadError):
         await resp.read()
     assert await metric(gate, "pipgate_download_failures_total", reason="hash_mismatch") == 1
+    # An immediate retry is refused with the cause (in the reason phrase pip prints):
+    # fetching the same bad bytes again helps nobody; nothing was cached.
     retry = await gate.get(path)
-    assert retry.headers["X-Pipgate-Cache"] == "miss"  # nothing was cached
+    assert retry.status == 503 and retry.headers["X-Pipgate-Reason"] == "hash_mismatch"
+    assert "failed verification upstream (hash_mismatch)" in retry.reason
+    assert upstream.downloads(ALPHA) == 1
+    assert not any((Path(gate.app[SERVICES].config.cache_dir) / "blobs").rglob(dist(ALPHA).sha256))
 
 
 async def test_broken_upstream_body_is_resumed_into_one_complete_response(

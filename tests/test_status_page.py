@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import platform
 import struct
 import time
 import zlib
@@ -39,6 +40,7 @@ from pipgate.web.status import (
     render_status,
 )
 from tests.conftest import upstream_config
+from tests.support.clients import pip_install
 from tests.support.fake_pypi import FakePyPI
 from tests.support.links import file_path
 from tests.support.metrics import metric_value
@@ -438,6 +440,13 @@ async def test_headless_chromium_renders_the_status_page_with_its_data(
     gate: TestClient = await aiohttp_client(create_app(config))
     pytorch.stop()
     assert (await gate.get("/simple/torch/")).status == 503  # now marked down
+    # A real pip whose Python no wheel of the newest release fits: an install that
+    # cannot work here, for the ops view.
+    upstream.add(build_wheel("future-only", "1.0", tag="cp399-cp399-manylinux_2_17_x86_64"))
+    refused = await asyncio.to_thread(
+        pip_install, str(gate.make_url("/simple/")), tmp_path / "target", "future-only"
+    )
+    assert refused.returncode != 0 and "No matching distribution" in refused.stderr
     # Traffic: two files downloaded twice each (miss, then hit), one corrupt file.
     for project, filename in (("alpha", ALPHA), ("beta", BETA)):
         path = await file_path(gate, project, filename)
@@ -486,6 +495,10 @@ async def test_headless_chromium_renders_the_status_page_with_its_data(
     file_row = dom.split("<td>file</td>", 1)[1].split("</tr>", 1)[0]
     assert f'<td class="num">{hits / lookups * 100:.1f}%</td>' in file_row  # 40.0%
     assert "<script>" not in dom and "&lt;script&gt;alert" in dom
+    cannot = dom.split("Installs that cannot work here", 1)[1].split("</section>", 1)[0]
+    major, minor, _ = platform.python_version_tuple()
+    assert "<td>future-only</td>" in cannot and f"CPython {major}.{minor} on manylinux_" in cannot
+    assert "<td>pip</td><td>1.0</td>" in cannot and "cp399" in cannot
 
     width, height, rows = png_rows(png.read_bytes())
     assert (width, height) == (WIDTH, HEIGHT)
@@ -500,6 +513,7 @@ async def test_headless_chromium_renders_the_status_page_with_its_data(
     assert body["unavailable"] == ["pytorch"]
     assert body["upstreams"][2]["last_error"]["reason"] == "connect"
     exposition = await (await gate.get("/metrics")).text()
+    assert metric_value(exposition, "pipgate_incompatible_pages_total", installer="pip") >= 1
     for name, up in (("internal", 1), ("pypi", 1), ("pytorch", 0)):
         assert f'pipgate_upstream_up{{upstream="{name}"}} {up}.0' in exposition
         assert f'pipgate_download_failures_total{{reason="connect",upstream="{name}"}}' in (

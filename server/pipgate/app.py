@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -21,6 +22,7 @@ from pipgate.config import Config, ConfigError
 from pipgate.failures import FailureLog, FailureReporter
 from pipgate.files.metadata import DerivedMetadata
 from pipgate.files.service import FileService
+from pipgate.incompatible import IncompatibleLog
 from pipgate.metrics import Metrics
 from pipgate.pages.bodies import ListRenderer, PageRenderer
 from pipgate.pages.metadata import MetadataInjector
@@ -38,7 +40,7 @@ from pipgate.store.evict import Evictor
 from pipgate.store.integrity import Scrubber
 from pipgate.store.reconcile import reconcile
 from pipgate.upstream.registry import Upstreams
-from pipgate.web import files, middleware, ops, pages
+from pipgate.web import files, middleware, ops, pages, setup
 from pipgate.web.state import SERVICES, Services
 
 log = logging.getLogger("pipgate")
@@ -79,6 +81,37 @@ def build_pages(
     return PolicyFilter(pages, policy, reporter, metrics)
 
 
+@dataclass
+class Standalone:
+    """The page pipeline without a web server (``explain``, ``export``)."""
+
+    pages: PolicyFilter
+    catalog: Catalog
+    blobs: BlobStore
+    derived: DerivedMetadata
+    upstreams: Upstreams
+
+    async def close(self) -> None:
+        await self.pages.close()
+        await self.upstreams.close()
+        self.catalog.close()
+
+
+async def standalone(config: Config) -> Standalone:
+    """The pipeline for ``config`` on its cache; upstream clients started unless offline."""
+    metrics = Metrics()
+    catalog = Catalog(config.cache_dir)
+    blobs = BlobStore(config.cache_dir)
+    policy = PolicyState(config, QuarantineStore(config.cache_dir).load())
+    derived = DerivedMetadata(blobs, catalog)
+    upstreams = Upstreams(config, metrics)
+    await upstreams.start()
+    pages = build_pages(
+        config, upstreams, catalog, blobs, metrics, FailureReporter(metrics), policy, derived
+    )
+    return Standalone(pages, catalog, blobs, derived, upstreams)
+
+
 def create_app(
     config: Config,
     *,
@@ -116,6 +149,7 @@ def create_app(
         scrubber = Scrubber(config.cache_dir, catalog, blobs, metrics, config.scrub_rate)
         scrub_task = asyncio.create_task(scrubber.run(), name="scrub")
         audit = AuditLog(config.cache_dir, config.audit_retention)
+        incompatible = IncompatibleLog(config.cache_dir, metrics)
         audit_task = asyncio.create_task(audit.run(), name="audit")
         quarantine = QuarantineStore(config.cache_dir)
         policy = PolicyState(config)
@@ -143,6 +177,7 @@ def create_app(
             evictor=evictor,
             failures=failures,
             audit=audit,
+            incompatible=incompatible,
             policy=policy,
         )
         try:
@@ -154,6 +189,7 @@ def create_app(
                     await task
             await downloads.close()
             await file_service.close()
+            await incompatible.close()
             await evictor.close()
             await page_source.close()
             await upstreams.close()
@@ -203,6 +239,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/readyz", ops.readyz, name="readyz")
     r.add_get("/metrics", ops.metrics, name="metrics")
     r.add_get("/-/failures", ops.failures, name="failures")
+    r.add_get("/-/setup", setup.setup_page, name="setup")
     r.add_get("/simple", pages.simple_no_slash, name="simple_redirect")
     r.add_get("/simple/", pages.root, name="simple_root")
     r.add_get("/simple/{project}/", pages.project, name="simple_project")

@@ -20,6 +20,7 @@ from pipgate.app import create_app
 from pipgate.config import SETTINGS, Config, ConfigError, load_config
 from pipgate.config.values import parse_optional_timestamp, parse_specifier
 from pipgate.doctor import report, run_doctor, succeeded
+from pipgate.errors import UpstreamError
 from pipgate.policy import commands
 from pipgate.policy.osv import OsvError
 from pipgate.policy.quarantine import QuarantineError
@@ -65,6 +66,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="check only the upstream with this name (default: each in turn)",
     )
     _add_quarantine(commands)
+    explain = commands.add_parser(
+        "explain",
+        help="which versions of a project install in an environment, and why the others do not",
+        description="From the cache and, unless --offline, upstream. Exit status 0 when a "
+        "version installs, 1 when none does, 2 bad input or no such project.",
+    )
+    _add_config_flags(explain)
+    explain.add_argument("project")
+    explain.add_argument("spec", nargs="?", help="a version specifier, e.g. '>=2.16'")
+    explain.add_argument(
+        "--python", nargs="+", action="extend", default=[], metavar="VERSION",
+        help="Python versions, e.g. 3.13 (default: this one)",
+    )  # fmt: skip
+    explain.add_argument(
+        "--platform", nargs="+", action="extend", default=[], metavar="TAG",
+        help="platform tags, e.g. musllinux_1_2_x86_64 (default: this one)",
+    )  # fmt: skip
+    explain.add_argument(
+        "--from-user-agent", metavar="UA", help="the environment a pip or uv User-Agent names"
+    )
+    explain.add_argument("--json", action="store_true", help="machine-readable report")
     prefetch = commands.add_parser(
         "prefetch",
         help="warm the cache with what requirements or lock files need, for every target",
@@ -226,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return audit(config, args)
     if args.command == "prefetch":
         return prefetch(config, args)
+    if args.command == "explain":
+        return explain_command(config, args)
     if args.command == "export":
         return export(config, args)
     if args.command == "import":
@@ -356,11 +380,44 @@ def audit(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def explain_command(config: Config, args: argparse.Namespace) -> int:
+    """``pipgate explain PROJECT [SPEC]``."""
+    from pipgate.compat import environment, from_client
+    from pipgate.explain import explain
+    from pipgate.targets import parse_targets
+    from pipgate.useragent import parse_user_agent
+
+    try:
+        if args.from_user_agent:
+            env = from_client(parse_user_agent(args.from_user_agent))
+            if env is None:
+                raise ValueError("the User-Agent names no CPython environment pipgate can read")
+            envs = [env]
+        else:
+            envs = [
+                environment(t.python, t.platform) for t in parse_targets(args.python, args.platform)
+            ]
+        if args.spec:
+            parse_specifier(args.spec)
+        results = asyncio.run(explain(config, normalize(args.project), envs, args.spec))
+    except ValueError as exc:
+        print(f"pipgate: explain: {exc}", file=sys.stderr)
+        return 2
+    except UpstreamError as exc:
+        print(f"pipgate: explain: {exc.reason.value}: {exc.detail}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], indent=2))
+    else:
+        print("\n\n".join("\n".join(r.lines()) for r in results))
+    return 0 if all(r.newest_installable for r in results) else 1
+
+
 def prefetch(config: Config, args: argparse.Namespace) -> int:
     """``pipgate prefetch``."""
     from pipgate.prefetch import run
     from pipgate.prefetch.locks import is_lock_filename
-    from pipgate.prefetch.targets import parse_targets
+    from pipgate.targets import parse_targets
 
     locks = list(args.lock)
     specs = []

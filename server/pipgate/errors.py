@@ -72,6 +72,11 @@ class UpstreamError(Exception):
         #: <phrase> for url"); ``None``: the standard one.
         self.phrase: str | None = None
 
+    @classmethod
+    def not_found(cls, detail: str) -> UpstreamError:
+        """An upstream "no such project" (404)."""
+        return cls(Reason.HTTP_4XX, detail, status=404)
+
     @property
     def client_status(self) -> int:
         """The HTTP status pipgate answers with.

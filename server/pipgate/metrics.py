@@ -19,6 +19,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from pipgate import __version__
 from pipgate.errors import Reason
+from pipgate.useragent import INSTALLERS
 
 #: What a cache look-up was for: a project page or the project list, a file, its
 #: PEP 658 metadata.
@@ -36,6 +37,7 @@ ROUTES = (
     "readyz",
     "metrics",
     "failures",
+    "setup",
     "simple_root",
     "simple_project",
     "simple_redirect",
@@ -172,6 +174,15 @@ class Metrics:
         )
         for kind in POLICY_KINDS:
             self.policy_blocks.labels(kind=kind)
+        self.incompatible_pages = Counter(
+            "pipgate_incompatible_pages",
+            "Project pages served to an installer whose environment none of the newest "
+            "release's files fit (by installer).",
+            ["installer"],
+            registry=r,
+        )
+        for installer in INSTALLERS:
+            self.incompatible_pages.labels(installer=installer)
         self.upstream_up = Gauge(
             "pipgate_upstream_up",
             "1 while the upstream answers, 0 while it is marked down.",

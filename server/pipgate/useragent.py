@@ -34,6 +34,8 @@ class ClientInfo:
     cpu: str | None = None
     libc: str | None = None
     libc_version: str | None = None
+    #: The OS release as the installer names it (macOS ``14.2.1``, Debian ``12``).
+    distro_version: str | None = None
     ci: bool | None = None
 
 
@@ -53,7 +55,9 @@ def parse_user_agent(value: str | None) -> ClientInfo:
     version = _version(installer.get("version")) or version
     implementation = _object(data, "implementation")
     system = _object(data, "system")
-    libc = _object(data, "libc")
+    distro = _object(data, "distro")
+    # pip and uv put libc inside "distro"; look at the top level too.
+    libc = _object(distro, "libc") or _object(data, "libc")
     python = _version(data.get("python")) or _version(implementation.get("version"))
     if python is None and (match := _PYTHON.search(text)):
         python = match.group(1)
@@ -67,6 +71,7 @@ def parse_user_agent(value: str | None) -> ClientInfo:
         cpu=_text(data.get("cpu")),
         libc=_text(libc.get("lib")),
         libc_version=_version(libc.get("version")),
+        distro_version=_version(distro.get("version")),
         ci=ci if isinstance(ci, bool) else None,
     )
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from pipgate.errors import Reason, UpstreamError
 from pipgate.failures import FailureReporter
 from pipgate.files.metadata import METADATA_SUFFIX, DerivedMetadata, metadata_key
+from pipgate.links import file_key
 from pipgate.metrics import Metrics
 from pipgate.pages.source import FileOffer, NotOffered, PageSource
 from pipgate.simple.model import DistFile
@@ -33,6 +34,9 @@ log = logging.getLogger("pipgate.files")
 
 #: Seconds between two recorded accesses of one file by one worker.
 TOUCH_INTERVAL = 60.0
+#: How long a file that failed verification is refused before it is tried again (a
+#: client retrying at once would only fetch the same bad bytes).
+BAD_FILE_SECONDS = 60.0
 #: How long a cache hit is remembered in memory before it is looked up again.
 HIT_MEMO_SECONDS = 5.0
 HIT_MEMO_ENTRIES = 10_000
@@ -94,6 +98,8 @@ class FileService:
         self._metadata_inflight: dict[str, asyncio.Task[Served]] = {}
         #: sha256 -> when this worker last recorded an access (writes are throttled).
         self._touched: dict[str, float] = {}
+        #: file key -> when its download last failed verification (this worker).
+        self._bad: dict[str, float] = {}
         #: (key, filename) -> recent cache hit and when it was looked up.
         self._hits: dict[tuple[str, str], tuple[Served, float]] = {}
 
@@ -119,6 +125,7 @@ class FileService:
 
         dist = offer.dist
         client = self._upstreams[offer.upstream]
+        self._refuse_if_bad(key, filename, client.name)
         expected = _verifiable(dist)
         if self._downloads.degraded and self._downloads.active(key) is None:
             return self._pass_through(offer)
@@ -174,11 +181,35 @@ class FileService:
         """Wait for background work (shutdown)."""
         await self.idle()
 
+    def _refuse_if_bad(self, key: str, filename: str, upstream: str) -> None:
+        failed_at = self._bad.get(key)
+        if failed_at is None:
+            return
+        ago = time.monotonic() - failed_at
+        if ago > BAD_FILE_SECONDS:
+            del self._bad[key]
+            return
+        error = UpstreamError(
+            Reason.HASH_MISMATCH,
+            f"{filename} from {upstream} did not match its published sha256 {ago:.0f} s ago; "
+            f"it is tried again in {BAD_FILE_SECONDS - ago:.0f} s",
+        )
+        error.phrase = (
+            f"Service Unavailable: pipgate: {filename} failed verification upstream "
+            "(hash_mismatch); try again later"
+        )
+        raise error
+
     def _failed(self, offer: FileOffer, file: str) -> OnFailure:
         """Where a failed fetch of ``offer`` is reported."""
         client = self._upstreams[offer.upstream]
+        key = file_key(offer.dist)
 
         def report(error: UpstreamError) -> None:
+            if error.reason is Reason.HASH_MISMATCH and not file.endswith(METADATA_SUFFIX):
+                if len(self._bad) > 10_000:
+                    self._bad.clear()
+                self._bad[key] = time.monotonic()
             self._reporter.report(
                 error,
                 upstream=client.name,

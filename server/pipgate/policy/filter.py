@@ -103,10 +103,35 @@ class PolicyFilter:
             if refused is not None:
                 block, upstream = refused
                 self._refuse(block, name, upstream, filename)
+        if view.offer(key, filename) is None:
+            # Not on the page: a stage below may say why (offline: not cached).
+            await self._inner.find_file(name, key, filename)
+            return None
         return view.offer(key, filename)
 
     async def close(self) -> None:
         await self._inner.close()
+
+    async def unfiltered(self, name: str) -> tuple[PageView, Callable[[DistFile], Block | None]]:
+        """The page as the stages below give it, and the policy's decision for each of
+        its files (``pipgate explain`` says what is hidden and why)."""
+        view = await self._inner.project(name)
+        policy = self.state.policy
+        now = self._clock()
+
+        def block_of(dist: DistFile) -> Block | None:
+            assert view.page is not None
+            upstream = view.offers.upstream_of(dist.filename) if view.offers else NO_UPSTREAM
+            return policy.project_block(name, view.upstream) or policy.file_block(
+                name,
+                dist.filename,
+                upstream=upstream,
+                uploaded=_uploaded(dist, view.first_seen),
+                has_sha256=dist.sha256 is not None,
+                now=now,
+            )
+
+        return view, block_of
 
     # --- the filter ----------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from packaging.version import InvalidVersion, Version
 from pipgate.config import Config
 from pipgate.policy.rules import file_version
 from pipgate.prefetch.locks import LockFileError, read_lock
-from pipgate.prefetch.targets import Target, choose_files
+from pipgate.targets import Target, choose_files
 
 JSON = "application/vnd.pypi.simple.v1+json"
 #: Files downloaded at once.

@@ -32,13 +32,9 @@ from typing import Any, Protocol
 from pipgate import __version__
 from pipgate.config import Config
 from pipgate.errors import UpstreamError
-from pipgate.failures import FailureReporter
 from pipgate.files.metadata import METADATA_SUFFIX, DerivedMetadata
 from pipgate.links import LinkBuilder, file_key
-from pipgate.metrics import Metrics
 from pipgate.pages.source import NotOffered, PageSource
-from pipgate.policy.filter import PolicyState
-from pipgate.policy.quarantine import QuarantineStore
 from pipgate.simple.model import DistFile, ProjectEntry, ProjectPage
 from pipgate.simple.render import (
     render_project_html,
@@ -48,7 +44,6 @@ from pipgate.simple.render import (
 )
 from pipgate.store.blobs import BlobStore, is_sha256
 from pipgate.store.catalog import Catalog
-from pipgate.upstream.registry import Upstreams
 
 MANIFEST = "manifest.json"
 FORMAT = "pipgate-export"
@@ -127,29 +122,6 @@ class ExportReport:
         }
 
 
-def offline_pages(config: Config) -> tuple[PageSource, Catalog, BlobStore, DerivedMetadata]:
-    """The page pipeline of an offline pipgate on ``config``'s cache, without a server."""
-    from pipgate.app import build_pages
-
-    offline = replace(config, offline=True)
-    metrics = Metrics()
-    catalog = Catalog(config.cache_dir)
-    blobs = BlobStore(config.cache_dir)
-    policy = PolicyState(offline, QuarantineStore(config.cache_dir).load())
-    derived = DerivedMetadata(blobs, catalog)
-    pages = build_pages(
-        offline,
-        Upstreams(offline, metrics),
-        catalog,
-        blobs,
-        metrics,
-        FailureReporter(metrics),
-        policy,
-        derived,
-    )
-    return pages, catalog, blobs, derived
-
-
 async def export_cache(
     config: Config,
     writer: Writer,
@@ -158,7 +130,15 @@ async def export_cache(
     since: dict[str, Any] | None = None,
 ) -> ExportReport:
     """Write the export of ``config``'s cache (``projects``: only these)."""
-    pages, catalog, blobs, derived = offline_pages(config)
+    from pipgate.app import standalone
+
+    pipeline = await standalone(replace(config, offline=True))
+    pages, catalog, blobs, derived = (
+        pipeline.pages,
+        pipeline.catalog,
+        pipeline.blobs,
+        pipeline.derived,
+    )
     known = {f["sha256"] for f in (since or {}).get("files", [])}
     report = ExportReport()
     manifest_files: list[dict[str, Any]] = []
@@ -218,8 +198,7 @@ async def export_cache(
         body = json.dumps(manifest, indent=1, sort_keys=True).encode()
         await asyncio.to_thread(writer.add_bytes, MANIFEST, body)
     finally:
-        await pages.close()
-        catalog.close()
+        await pipeline.close()
         writer.close()
     return report
 

@@ -83,7 +83,7 @@ async def file(request: web.Request) -> web.StreamResponse:
         return response
     except NotOffered as exc:
         status = 404
-        return text_error(404, str(exc))
+        return text_error(404, str(exc), phrase=f"Not Found: {exc}")
     except UpstreamError as exc:
         status, reason = exc.client_status, exc.reason.value
         return upstream_error(exc)

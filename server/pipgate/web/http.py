@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from aiohttp import web
 
 from pipgate.errors import Reason, UpstreamError
@@ -80,12 +82,17 @@ def text_error(
 def reason_phrase(text: str) -> str:
     """``text`` fit for an HTTP status line: printable ASCII, one line, bounded."""
     cleaned = "".join(c if " " <= c <= "~" else "?" for c in text)
-    return cleaned[:300]
+    return cleaned[:300] if len(cleaned) <= 300 else cleaned[:297] + "..."
 
 
 def upstream_error(exc: UpstreamError) -> web.Response:
-    """The answer for a failed (or refused) fetch: its status, cause and sentence."""
+    """The answer for a failed (or refused) fetch: its status, cause and sentence, the
+    cause also in the HTTP reason phrase (what pip prints: "503 Server Error: <phrase>
+    for url")."""
+    status = exc.client_status
     if exc.reason is Reason.POLICY:
-        return text_error(exc.client_status, exc.detail, exc.reason, exc.phrase)
-    message = f"upstream fetch failed: {exc.reason.value}: {exc.detail}"
-    return text_error(exc.client_status, message, exc.reason, exc.phrase)
+        message = exc.detail
+    else:
+        message = f"upstream fetch failed: {exc.reason.value}: {exc.detail}"
+    phrase = exc.phrase or f"{HTTPStatus(status).phrase}: pipgate: {exc.reason.value}: {exc.detail}"
+    return text_error(status, message, exc.reason, phrase)

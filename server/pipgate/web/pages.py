@@ -6,6 +6,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from pipgate.compat import environment_of
 from pipgate.pages.bodies import list_etag
 from pipgate.simple.names import is_valid_name, normalize
 from pipgate.simple.negotiate import PageFormat, choose_format
@@ -51,7 +52,11 @@ async def project(request: web.Request) -> web.StreamResponse:
     view = await svc.pages.project(name, revalidate=_revalidate(request))
     svc.metrics.cache("page", view.result)
     if view.page is None:
-        response = text_error(404, view.missing or f"project {name} not found upstream")
+        response = text_error(
+            404,
+            view.missing or f"project {name} not found upstream",
+            phrase=f"Not Found: {view.missing}" if view.missing else None,
+        )
         response.headers["Cache-Control"] = f"max-age={int(svc.config.negative_ttl)}"
         return response
     base = link_base(request)
@@ -70,6 +75,10 @@ async def project(request: web.Request) -> web.StreamResponse:
         headers["Content-Encoding"] = "gzip"
     if etag_matches(request.headers.get("If-None-Match"), rendered.etag):
         return web.Response(status=304, headers=_without_type(headers))
+    env = environment_of(request.headers.get("User-Agent"))
+    if env is not None:
+        # An installer that said what it runs on: note it if nothing new installs there.
+        svc.incompatible.page_served(view.page, view.digest, env)
     response = web.Response(body=rendered.body, headers=headers)
     # The body is already encoded as negotiated; aiohttp must not touch it.
     return response

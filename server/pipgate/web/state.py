@@ -10,6 +10,7 @@ from pipgate.audit import AuditLog
 from pipgate.config import Config
 from pipgate.failures import FailureLog
 from pipgate.files.service import FileService
+from pipgate.incompatible import IncompatibleLog
 from pipgate.metrics import Metrics
 from pipgate.pages.bodies import ListRenderer, PageRenderer
 from pipgate.pages.source import PageSource
@@ -35,6 +36,7 @@ class Services:
     evictor: Evictor
     failures: FailureLog
     audit: AuditLog
+    incompatible: IncompatibleLog
     #: The policy in force (reloaded on SIGHUP, quarantine changes).
     policy: PolicyState
 

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipgate import __version__
 from pipgate.config import Config
 from pipgate.failures import Failure
+from pipgate.incompatible import Incompatible
 from pipgate.metrics import CACHE_KINDS, CACHE_RESULTS
 from pipgate.policy.rules import QuarantineEntry
 from pipgate.redact import redact_url
@@ -33,6 +34,8 @@ from pipgate.web.state import services
 MAX_FAILURES = 20
 #: Policy refusals listed on the page.
 MAX_BLOCKS = 10
+#: Incompatible installs listed on the page.
+MAX_INCOMPATIBLE = 20
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,8 @@ class StatusSnapshot:
     routes: tuple[RouteStatus, ...] = ()
     policy: PolicyStatus = field(default_factory=PolicyStatus)
     offline: bool = False
+    #: Installs that cannot work here, most recently seen first.
+    incompatible: tuple[Incompatible, ...] = ()
 
 
 # --- reading the metrics exposition --------------------------------------------------
@@ -431,6 +436,33 @@ def _failures_section(failures: Sequence[Failure]) -> str:
     )
 
 
+def _incompatible_section(entries: Sequence[Incompatible]) -> str:
+    if not entries:
+        body = (
+            '<p class="muted">None seen: every installer that said what it runs on found '
+            "something to install in the newest release it asked about.</p>"
+        )
+    else:
+        rows = "".join(
+            f"<tr><td>{_e(i.project)}</td><td>{_e(i.environment)}</td>"
+            f"<td>{_e(i.installer)}</td><td>{_e(i.newest)}</td>"
+            f"<td>{_or_dash(i.newest_installable)}</td>"
+            f'<td class="num">{i.count:,}</td><td class="time">{_e(_utc(i.last_seen))}</td>'
+            f'<td class="detail">{_e(i.reason)}</td></tr>'
+            for i in entries
+        )
+        body = (
+            '<table class="incompatible"><tr><th>project</th><th>environment</th>'
+            "<th>installer</th><th>newest</th><th>newest that installs there</th>"
+            f'<th class="num">seen</th><th>last seen</th><th>why</th></tr>{rows}</table>'
+        )
+    return (
+        "<section><h2>Installs that cannot work here <small>the newest release has no "
+        "file for the installer's environment; newest first</small></h2>"
+        f"{body}</section>"
+    )
+
+
 def _usage_section(index_url: str) -> str:
     url = redact_url(index_url)
     parts = urlsplit(url)
@@ -440,7 +472,7 @@ def _usage_section(index_url: str) -> str:
         # pip refuses plain-http indexes on other hosts unless they are trusted.
         trusted = f" --trusted-host {host}"
     return (
-        "<section><h2>Use it</h2>"
+        '<section><h2>Use it <small>all clients: <a href="-/setup">-/setup</a></small></h2>'
         f"<pre>pip install --index-url {_e(url)}{_e(trusted)} PACKAGE</pre>"
         f"<pre>uv pip install --index-url {_e(url)} PACKAGE</pre>"
         f"<pre>export PIP_INDEX_URL={_e(url)}\nexport UV_DEFAULT_INDEX={_e(url)}</pre>"
@@ -452,7 +484,8 @@ def render_status(snapshot: StatusSnapshot) -> str:
     """The whole status page for ``snapshot`` (pure; every value escaped, URLs redacted)."""
     # Relative links keep working behind a reverse proxy with a path prefix.
     nav = "".join(
-        f'<a href="{href}">{href}</a>' for href in ("simple/", "metrics", "readyz", "-/failures")
+        f'<a href="{href}">{href}</a>'
+        for href in ("simple/", "-/setup", "metrics", "readyz", "-/failures")
     )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
@@ -469,6 +502,7 @@ def render_status(snapshot: StatusSnapshot) -> str:
         + '<div class="grid">'
         f"{_upstreams_section(snapshot.upstreams)}{_cache_section(snapshot.cache)}</div>"
         f"{_routes_section(snapshot.routes)}{_policy_section(snapshot.policy, snapshot.failures)}"
+        f"{_incompatible_section(snapshot.incompatible)}"
         f"{_failures_section(snapshot.failures)}{_usage_section(snapshot.index_url)}"
         "</main></body></html>"
     )
@@ -518,6 +552,7 @@ async def snapshot(request: web.Request) -> StatusSnapshot:
         routes=routes,
         policy=policy,
         offline=svc.config.offline,
+        incompatible=tuple(await svc.incompatible.recent(MAX_INCOMPATIBLE)),
     )
 
 

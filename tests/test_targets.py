@@ -13,7 +13,7 @@ from packaging import tags as packaging_tags
 from packaging.markers import Marker, default_environment
 from packaging.tags import parse_tag
 
-from pipgate.prefetch.targets import (
+from pipgate.targets import (
     Target,
     best_wheel,
     choose_files,
