@@ -1,7 +1,10 @@
 # pipgate: a caching, verifying PyPI proxy.
 #   docker build -t pipgate .
 #   docker run -p 3141:3141 -v pipgate-cache:/var/cache/pipgate pipgate
-FROM python:3.11-slim
+# The base image is pinned by digest (the multi-arch index of python:3.11-slim-bookworm),
+# so a rebuild gets the same bytes. To move to a newer one:
+#   docker buildx imagetools inspect python:3.11-slim-bookworm   (the "Digest:" line)
+FROM python:3.11-slim-bookworm@sha256:b18992999dbe963a45a8a4da40ac2b1975be1a776d939d098c647482bcad5cba
 
 LABEL org.opencontainers.image.title="pipgate" \
       org.opencontainers.image.description="Caching, verifying PyPI proxy for firewalled networks" \
@@ -18,10 +21,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIPGATE_LOG_FORMAT=json
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY server ./server
-# [prefetch]: uv and rich, for `pipgate prefetch` in the container (air-gapped transfers).
-RUN pip install ".[prefetch]" && rm -rf /src \
+# Every dependency (and the build backend) from the lock file, each checked against its
+# recorded sha256; then pipgate itself without resolving anything. [prefetch] (uv, rich,
+# for `pipgate prefetch` in the container) is in the lock.
+RUN pip install --require-hashes --no-deps -r requirements.lock \
+    && pip install --no-deps --no-build-isolation . && rm -rf /src \
     && useradd --system --uid 10001 --home-dir /var/cache/pipgate --shell /usr/sbin/nologin pipgate \
     && mkdir -p /var/cache/pipgate /etc/pipgate \
     && chown pipgate:pipgate /var/cache/pipgate

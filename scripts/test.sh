@@ -7,11 +7,13 @@ PYTHON="${PYTHON:-python3}"
 
 # System tools some tests need, installed when missing (as root, with apt): promtool
 # (Debian's prometheus package) checks the monitoring config; chromium drives the
-# browser test. A temporary policy-rc.d keeps the package from starting a Prometheus.
+# browser test; wrk drives the short load and soak runs of bench/. A temporary
+# policy-rc.d keeps the package from starting a Prometheus.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=()
     command -v promtool >/dev/null || missing+=(prometheus)
     command -v chromium >/dev/null || missing+=(chromium fonts-dejavu-core)
+    command -v wrk >/dev/null || missing+=(wrk)
     if [ ${#missing[@]} -gt 0 ]; then
         policy=/usr/sbin/policy-rc.d
         own_policy=0
@@ -30,6 +32,12 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 fi
 
 "$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[test]"
+# poetry, for the credential test with the real client: in a venv of its own (build/,
+# ignored by git), so its many dependencies never mix with pipgate's.
+if [ ! -x build/poetry/bin/poetry ]; then
+    "$PYTHON" -m venv build/poetry
+    build/poetry/bin/python -m pip install --quiet --disable-pip-version-check "poetry==2.5.1"
+fi
 "$PYTHON" -m ruff check server tests
 "$PYTHON" -m mypy
 exec "$PYTHON" -m pytest "$@"

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -18,6 +19,21 @@ from tests.support.server import PipgateProcess
 
 #: Fields of one upstream's slice (the rest of the overrides are server-wide).
 UPSTREAM_FIELDS = frozenset(UpstreamConfig.__dataclass_fields__)
+#: Longest a test's HTTP client waits for one request: well under pytest's timeout (300
+#: s), so a request that never ends fails the test with its own error, not a kill.
+CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=120)
+
+
+@pytest.fixture
+def aiohttp_client(aiohttp_client: Any) -> Any:
+    """pytest-aiohttp's ``aiohttp_client``, with :data:`CLIENT_TIMEOUT` by default."""
+
+    async def make(app: Any, **kwargs: Any) -> TestClient:
+        kwargs.setdefault("timeout", CLIENT_TIMEOUT)
+        client: TestClient = await aiohttp_client(app, **kwargs)
+        return client
+
+    return make
 
 
 def upstream_config(url: str, **overrides: object) -> UpstreamConfig:

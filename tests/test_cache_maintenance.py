@@ -209,12 +209,13 @@ def tiny_filesystem(tmp_path: Path) -> Path:
         capture_output=True,
         text=True,
         check=False,
+        timeout=30,
     )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}); "
                     "test_disk_full_mid_download_* covers disk-full by injection")
     yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    subprocess.run(["umount", "-l", str(mount)], check=False, timeout=30)
 
 
 def test_full_cache_disk_still_installs_through_pass_through(

@@ -17,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,9 @@ from urllib.parse import urljoin
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipgate import __version__
@@ -83,7 +87,8 @@ def load_yaml(path: Path) -> Any:
 
 
 def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-    """Run `cmd`, capturing its output as text."""
+    """Run `cmd`, capturing its output as text, within a time well under pytest's."""
+    kw.setdefault("timeout", 240)
     return subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)
 
 
@@ -115,16 +120,16 @@ def instruction(name: str) -> list[str]:
     return [args for keyword, args in dockerfile_instructions() if keyword == name]
 
 
-def pip_install_args() -> list[str]:
-    """The arguments of the Dockerfile's ``pip install`` (the one in a RUN step)."""
+def pip_installs() -> list[list[str]]:
+    """The arguments of each of the Dockerfile's ``pip install`` steps, in order."""
     found = []
     for args in instruction("RUN"):
         for step in args.split("&&"):
             words = shlex.split(step)
             if words[:2] == ["pip", "install"]:
                 found.append(words[2:])
-    assert len(found) == 1, f"expected one `pip install` in the Dockerfile, got {found}"
-    return found[0]
+    assert found, "expected a `pip install` in the Dockerfile"
+    return found
 
 
 def build_context(dest: Path) -> Path:
@@ -160,7 +165,35 @@ def test_dockerfile_declares_a_non_root_user_volume_healthcheck_and_port() -> No
     healthchecks = instruction("HEALTHCHECK")
     assert len(healthchecks) == 1 and "/healthz" in healthchecks[0]
     assert "3141" in " ".join(instruction("EXPOSE")).split()
-    assert instruction("FROM")[0].startswith("python:3.11")
+    image, _, digest = instruction("FROM")[0].partition("@sha256:")
+    assert image.startswith("python:3.11")
+    assert re.fullmatch(r"[0-9a-f]{64}", digest), "the base image is pinned by digest"
+
+
+def test_the_image_installs_only_hash_pinned_dependencies_from_the_lock_file() -> None:
+    """Every pip install in the image either takes hashes from requirements.lock or
+    resolves nothing; the lock has every dependency of pyproject.toml (and [prefetch]),
+    each at a version its specifier allows, with at least one sha256."""
+    installs = pip_installs()
+    for args in installs:
+        assert "--require-hashes" in args or "--no-deps" in args, args
+    assert any("requirements.lock" in args for args in installs)
+    lock = (REPO / "requirements.lock").read_text()
+    pinned = {}
+    for block in re.split(r"\n(?=[A-Za-z])", lock):
+        head = re.match(r"([A-Za-z0-9_.-]+)==(\S+)", block)
+        if head:
+            assert "--hash=sha256:" in block, f"{head.group(1)} has no hash"
+            pinned[canonicalize_name(head.group(1))] = Version(head.group(2))
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["prefetch"]]
+    for text in wanted:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in pinned, f"{name} is not in requirements.lock: regenerate it"
+        assert requirement.specifier.contains(pinned[name], prereleases=True), (
+            f"requirements.lock pins {name}=={pinned[name]}, outside {requirement.specifier}"
+        )
 
 
 def test_dockerfile_install_steps_work_in_a_fresh_virtualenv(tmp_path: Path) -> None:
@@ -171,8 +204,9 @@ def test_dockerfile_install_steps_work_in_a_fresh_virtualenv(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     install = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-    done = run([*install, *pip_install_args()], cwd=context, env=env)
-    assert done.returncode == 0, done.stdout + done.stderr
+    for args in pip_installs():
+        done = run([*install, *args], cwd=context, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
     pipgate = venv / "bin" / "pipgate"
     version = run([str(pipgate), "--version"])
     assert version.returncode == 0, version.stderr
@@ -241,9 +275,13 @@ def test_compose_services_mounts_ports_and_healthcheck() -> None:
             else:
                 assert host in named, f"{name} uses undeclared volume {host}"
     ports = {name: service.get("ports", []) for name, service in services.items()}
-    assert "3141:3141" in ports["pipgate"]
-    assert "9090:9090" in ports["prometheus"]
-    assert "3000:3000" in ports["grafana"]
+    # Published on loopback unless the operator says otherwise.
+    assert ports["pipgate"] == ["${PIPGATE_BIND:-127.0.0.1}:3141:3141"]
+    assert ports["prometheus"] == ["${MONITORING_BIND:-127.0.0.1}:9090:9090"]
+    assert ports["grafana"] == ["${MONITORING_BIND:-127.0.0.1}:3000:3000"]
+    # Grafana's admin password has no default: compose refuses to start without it.
+    password = services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert password.startswith("${GRAFANA_ADMIN_PASSWORD:?"), password
 
     pipgate = services["pipgate"]
     assert pipgate["build"] == "."

@@ -175,6 +175,7 @@ def test_wheel_and_sdist_install_with_pip_offline(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         check=True,
+        timeout=60,
     )
     assert out.stdout.split() == ["0.5", "5.0"]
     assert b"Requires-Python: >=3.8" in (target / "gamma-0.5.dist-info" / "METADATA").read_bytes()

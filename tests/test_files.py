@@ -143,6 +143,24 @@ async def test_hash_mismatch_aborts_the_body_and_counts_the_failure(
     assert not any((Path(gate.app[SERVICES].config.cache_dir) / "blobs").rglob(dist(ALPHA).sha256))
 
 
+async def test_bytes_not_yet_verified_carry_a_weak_etag_that_never_resumes(
+    gate: TestClient,
+) -> None:
+    """A client cut off a download that then failed holds wrong bytes: its resume with
+    ``If-Range`` must get the whole file, never the right tail joined to them."""
+    path = await file_path(gate, "alpha", ALPHA)
+    streamed = await gate.get(path)
+    assert streamed.headers["X-Pipgate-Cache"] == "miss"
+    weak = streamed.headers["ETag"]
+    assert weak == f'W/"{dist(ALPHA).sha256}"'
+    await streamed.read()
+    resumed = await gate.get(path, headers={"Range": "bytes=100-", "If-Range": weak})
+    assert resumed.status == 200 and resumed.headers["ETag"] == f'"{dist(ALPHA).sha256}"'
+    assert await resumed.read() == dist(ALPHA).data
+    # If-None-Match compares weakly: the weak tag still validates a cached copy.
+    assert (await gate.get(path, headers={"If-None-Match": weak})).status == 304
+
+
 async def test_broken_upstream_body_is_resumed_into_one_complete_response(
     gate: TestClient, upstream: FakePyPI
 ) -> None:

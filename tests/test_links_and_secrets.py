@@ -54,6 +54,33 @@ async def test_forwarded_headers_are_used_only_when_trusted(make_gate: GateFacto
     assert plain.headers["ETag"] != other.headers["ETag"]
 
 
+@pytest.mark.parametrize(
+    "prefix",
+    [".evil.example", "@evil.example", ":8080@evil.example", "//evil.example", "/a/../b", "/a?b"],
+)
+async def test_a_forwarded_prefix_is_a_path_and_never_extends_the_host(
+    make_gate: GateFactory, prefix: str
+) -> None:
+    gate = await make_gate(trust_forwarded=True)
+    forwarded = {"X-Forwarded-Host": "pypi.corp.example", "X-Forwarded-Prefix": prefix}
+    url = await first_url(gate, forwarded)
+    # Not a path: ignored, and the links stay relative (never http://pypi.corp.example.evil…).
+    assert url.startswith("../../files/"), url
+
+
+async def test_pages_with_forwarded_links_vary_on_the_forwarded_headers(
+    make_gate: GateFactory,
+) -> None:
+    forwarded = {"X-Forwarded-Host": "pypi.corp.example", "X-Forwarded-Prefix": "/py"}
+    trusted = await make_gate(trust_forwarded=True)
+    resp = await trusted.get("/simple/alpha/", headers={"Accept": JSON, **forwarded})
+    vary = {v.strip() for v in resp.headers["Vary"].split(",")}
+    assert {"X-Forwarded-Host", "X-Forwarded-Prefix", "X-Forwarded-Proto", "Accept"} <= vary
+    fixed = await make_gate(public_url="https://pypi.corp.example/")
+    resp = await fixed.get("/simple/alpha/", headers={"Accept": JSON})
+    assert "X-Forwarded-Host" not in resp.headers["Vary"]
+
+
 async def test_pages_from_html_and_json_upstreams_agree(
     aiohttp_client: Any, any_upstream: FakePyPI, tmp_path: Path
 ) -> None:

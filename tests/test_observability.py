@@ -1,4 +1,5 @@
-"""Metrics, logs and /-/failures tell the same story about every failed download."""
+"""Metrics, logs and the failure list tell the same story about every failed download
+(the list's details behind the admin token, its reasons in the open /-/failures)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from pipgate.app import create_app
 from pipgate.config import Secrets
 from pipgate.errors import Reason
 from pipgate.store.blobs import BlobWriter
-from pipgate.upstream import client as upstream_client
 from tests.conftest import GateFactory, gate_config
 from tests.support.fake_pypi import FakePyPI
 from tests.support.links import file_path, file_url
@@ -36,15 +36,28 @@ async def scrape(gate: TestClient) -> str:
     return await (await gate.get("/metrics")).text()
 
 
+ADMIN_TOKEN = "observability-admin-token"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
 async def failures(gate: TestClient, at_least: int = 1, query: str = "") -> list[dict[str, Any]]:
-    """The failure list once it holds ``at_least`` entries (it is written off the loop)."""
+    """The detailed failure list once it holds ``at_least`` entries (it is written off
+    the loop); the gate must have ``admin_token=ADMIN_TOKEN``."""
     body: dict[str, Any] = {"failures": []}
     for _ in range(100):
-        body = json.loads(await (await gate.get("/-/failures" + query)).read())
+        resp = await gate.get("/-/admin/failures" + query, headers=ADMIN)
+        assert resp.status == 200
+        body = json.loads(await resp.read())
         if len(body["failures"]) >= at_least:
             break
         await asyncio.sleep(0.02)
     return list(body["failures"])
+
+
+async def summary(gate: TestClient) -> dict[str, Any]:
+    """The open ``/-/failures``: reasons and upstream names only."""
+    body: dict[str, Any] = json.loads(await (await gate.get("/-/failures")).read())
+    return body
 
 
 FAULTS = [
@@ -105,7 +118,7 @@ async def test_every_failure_reason_shows_in_counter_log_and_failure_list(
         monkeypatch.setattr("pipgate.upstream.client.MAX_RESUMES", 0)
         file_fault = True
     elif reason == "too_large":
-        monkeypatch.setattr(upstream_client, "MAX_PAGE_BYTES", 10)
+        overrides = {"max_page_size": 10}
     elif reason == "dns":
         overrides = {"url": "http://pipgate-test.invalid/simple/"}
     elif reason == "tls":
@@ -125,7 +138,7 @@ async def test_every_failure_reason_shows_in_counter_log_and_failure_list(
 
         monkeypatch.setattr(BlobWriter, "write", no_space)
         file_fault = True
-    config = gate_config(tmp_path / "cache", upstream, **overrides)
+    config = gate_config(tmp_path / "cache", upstream, admin_token=ADMIN_TOKEN, **overrides)
     gate: TestClient = await aiohttp_client(create_app(config))
     if file_fault:
         path = await file_path(gate, "alpha", ALPHA.filename)
@@ -145,6 +158,9 @@ async def test_every_failure_reason_shows_in_counter_log_and_failure_list(
     listed = await failures(gate)
     assert listed and listed[0]["reason"] == reason
     assert listed[0]["project"] == "alpha"
+    anyone = await summary(gate)
+    assert anyone["by_reason"][reason] >= 1 and anyone["failures"][0]["reason"] == reason
+    assert "alpha" not in json.dumps(anyone) and listed[0]["detail"] not in json.dumps(anyone)
 
 
 async def test_proxy_auth_failures_are_listed_with_their_proxy(
@@ -155,7 +171,11 @@ async def test_proxy_auth_failures_are_listed_with_their_proxy(
 
     with ForwardProxy(auth=("u", "right")) as proxy:
         config = gate_config(
-            tmp_path / "c", upstream, proxy=(proxy.url,), secrets=Secrets(proxy_auth=("u", "no"))
+            tmp_path / "c",
+            upstream,
+            proxy=(proxy.url,),
+            secrets=Secrets(proxy_auth=("u", "no")),
+            admin_token=ADMIN_TOKEN,
         )
         gate: TestClient = await aiohttp_client(create_app(config))
         resp = await gate.get("/simple/alpha/")
@@ -170,18 +190,20 @@ async def test_proxy_auth_failures_are_listed_with_their_proxy(
         assert any("reason=proxy_auth" in r.getMessage() for r in caplog.records)
         assert listed[0]["proxy"] == proxy.url.split("://", 1)[1]
         assert "no" not in json.dumps(listed[0]["detail"]).split()
+        assert proxy.url.split("://", 1)[1] not in json.dumps(await summary(gate))
 
 
 async def test_failure_list_is_newest_first_and_bounded(
     make_gate: GateFactory, upstream: FakePyPI
 ) -> None:
-    gate = await make_gate()
+    gate = await make_gate(admin_token=ADMIN_TOKEN)
     upstream.page_status = 500
     for name in ("alpha", "beta", "gamma"):
         await gate.get(f"/simple/{name}/")
     await failures(gate, at_least=3)
     listed = await failures(gate, at_least=2, query="?limit=2")
     assert [f["project"] for f in listed] == ["gamma", "beta"]
+    assert (await summary(gate))["by_reason"] == {"http_5xx": 3}
 
 
 async def test_every_response_carries_a_request_id_that_the_log_lines_share(

@@ -21,6 +21,7 @@ from pipgate import __version__
 from pipgate.app import create_app
 from pipgate.config import Config, PolicyRule, RouteConfig
 from pipgate.failures import Failure
+from pipgate.incompatible import Incompatible
 from pipgate.metrics import CACHE_RESULTS, Metrics
 from pipgate.policy.rules import QuarantineEntry
 from pipgate.web.state import SERVICES
@@ -30,6 +31,7 @@ from pipgate.web.status import (
     PolicyStatus,
     ProxyStatus,
     QuarantineStatus,
+    RouteStatus,
     RuleStatus,
     StatusSnapshot,
     UpstreamStatus,
@@ -160,7 +162,8 @@ def test_the_policy_section_shows_rules_quarantine_and_recent_blocks() -> None:
     quarantined = [QuarantineEntry("litellm", "==1.82.7", "MAL-2026-1: stealer", "MAL-2026-1")]
     block = failure(reason="policy", project="litellm", detail="litellm 1.82.7 is quarantined")
     page = render_status(
-        replace(snapshot(failures=(block,)), policy=policy_status(config, quarantined))
+        replace(snapshot(failures=(block,)), policy=policy_status(config, quarantined)),
+        full=True,
     )
     section = page.split("<h2>Policy</h2>", 1)[1].split("</section>", 1)[0]
     assert "files younger than 7d held back; exempt: corp-*" in section
@@ -172,21 +175,28 @@ def test_the_policy_section_shows_rules_quarantine_and_recent_blocks() -> None:
 
 @pytest.mark.parametrize("case", HOSTILE_SNAPSHOTS.values(), ids=HOSTILE_SNAPSHOTS.keys())
 def test_hostile_values_are_escaped_everywhere(case: StatusSnapshot) -> None:
-    page = render_status(case)
+    page = render_status(case, full=True)
     assert "<script>" not in page
     assert "&lt;script&gt;" in page
     assert parsed(page).scripts == 0
 
 
+@pytest.mark.parametrize("case", HOSTILE_SNAPSHOTS.values(), ids=HOSTILE_SNAPSHOTS.keys())
+def test_hostile_values_never_become_markup_in_the_summary(case: StatusSnapshot) -> None:
+    page = render_status(case, full=False)
+    assert "<script>" not in page
+    assert parsed(page).scripts == 0
+
+
 def test_empty_failures_say_so() -> None:
-    page = render_status(snapshot())
+    page = render_status(snapshot(), full=True)
     assert "No failed fetches recorded." in page
     assert 'class="failures"' not in page
 
 
 def test_failures_are_listed_in_the_given_order_and_capped() -> None:
     many = tuple(failure(project=f"proj{i}", time=NOW - i) for i in range(MAX_FAILURES + 5))
-    page = render_status(snapshot(failures=many))
+    page = render_status(snapshot(failures=many), full=True)
     assert page.count('<td class="reason">') == MAX_FAILURES
     assert page.index("proj0<") < page.index("proj1<") < page.index("proj19<")
     assert "proj20<" not in page
@@ -202,7 +212,7 @@ def test_upstream_down_shows_the_last_error_and_when() -> None:
         last_error_detail="no response within 30s",
         last_failure_at=NOW,
     )
-    page = render_status(snapshot(upstream=down))
+    page = render_status(snapshot(upstream=down), full=True)
     assert '<span class="badge down">down</span>' in page
     assert "timeout" in page and "no response within 30s" in page
     assert "at 2024-01-02 03:04:05 UTC" in page
@@ -212,19 +222,19 @@ def test_verify_off_is_a_loud_warning() -> None:
     insecure = UpstreamStatus(
         name="pypi.org", url="https://pypi.org/simple/", up=True, tls_verification=False
     )
-    assert "TLS verification is OFF" in render_status(snapshot(upstream=insecure))
-    assert "TLS verification is OFF" not in render_status(snapshot())
+    assert "TLS verification is OFF" in render_status(snapshot(upstream=insecure), full=True)
+    assert "TLS verification is OFF" not in render_status(snapshot(), full=True)
 
 
 def test_no_proxies_and_proxies_with_their_state() -> None:
-    assert "No proxy configured" in render_status(snapshot())
+    assert "No proxy configured" in render_status(snapshot(), full=True)
     with_proxies = UpstreamStatus(
         name="pypi.org",
         url="https://pypi.org/simple/",
         up=True,
         proxies=(ProxyStatus("proxy-a:3128", True), ProxyStatus("proxy-b:3128", False)),
     )
-    page = render_status(snapshot(upstream=with_proxies))
+    page = render_status(snapshot(upstream=with_proxies), full=True)
     assert "No proxy configured" not in page
     assert page.index("proxy-a:3128") < page.index(">up<", page.index("proxy-a:3128"))
     assert ">cooling down<" in page.split("proxy-b:3128", 1)[1]
@@ -238,25 +248,123 @@ def test_credentials_in_urls_never_reach_the_page() -> None:
                 name="index.corp", url=f"https://builder:{secret}@index.corp/simple/", up=True
             ),
             index_url=f"http://user:{secret}@pipgate.corp:3141/simple/",
-        )
+        ),
+        full=True,
     )
     assert secret not in page
     assert "https://***@index.corp/simple/" in page
 
 
 def test_usage_lines_use_the_servers_own_url() -> None:
-    local = render_status(snapshot(index_url="http://127.0.0.1:3141/simple/"))
+    local = render_status(snapshot(index_url="http://127.0.0.1:3141/simple/"), full=True)
     assert "pip install --index-url http://127.0.0.1:3141/simple/ PACKAGE" in local
-    remote = render_status(snapshot(index_url="http://pipgate.corp:3141/simple/"))
+    remote = render_status(snapshot(index_url="http://pipgate.corp:3141/simple/"), full=True)
     # pip refuses plain http to other hosts unless trusted.
     assert "--trusted-host pipgate.corp" in remote
 
 
 def test_links_are_relative_so_a_path_prefix_works() -> None:
-    page = render_status(snapshot())
-    for href in ("simple/", "metrics", "readyz", "-/failures"):
+    page = render_status(replace(snapshot(), admin=True), full=False)
+    for href in ("simple/", "metrics", "readyz", "-/failures", "-/admin/status"):
         assert f'href="{href}"' in page
     assert 'href="/' not in page and "src=" not in page  # nothing absolute, nothing loaded
+    # The full page lives at /-/admin/status: its links climb back to the root.
+    full = render_status(replace(snapshot(), root="../../"), full=True)
+    for href in ("simple/", "-/setup", "metrics", "readyz", "-/admin/failures"):
+        assert f'href="../../{href}"' in full
+    assert 'href="/' not in full and 'href="-/' not in full
+
+
+def test_the_summary_links_to_the_full_page_only_when_there_is_an_admin_api() -> None:
+    assert "-/admin/status" not in render_status(snapshot(), full=False)
+    assert "-/admin/status" in render_status(replace(snapshot(), admin=True), full=False)
+
+
+# --- the summary anyone may see, and the full view -------------------------------------
+
+#: What only the full view may show: a requested project and file, an upstream URL's
+#: path, a proxy's host:port, an exception text, a cache path, configured project names.
+SECRET_PROJECT = "corp-payroll-secret"
+SECRET_FILE = "corp_payroll_secret-9.9-py3-none-any.whl"
+UPSTREAM_PATH = "/artifactory/api/pypi/internal-only/simple/"
+PROXY = "squid-7.corp.example:3128"
+EXCEPTION = "ClientConnectorError: Cannot connect to host idx.corp.example:443 (errno 111)"
+CACHE_PATH = "/var/cache/pipgate-tenant-42"
+ROUTED = "corp-routed-*"
+RULE_PROJECT = "evil-internal-name"
+
+
+def revealing_snapshot() -> StatusSnapshot:
+    blocked = failure(
+        reason="policy", project=RULE_PROJECT, file=None, detail=f"{RULE_PROJECT} is denied"
+    )
+    failed = failure(
+        reason="connect", project=SECRET_PROJECT, file=SECRET_FILE, proxy=PROXY, detail=EXCEPTION
+    )
+    disk = failure(reason="disk_full", project=None, file=None, detail=f"{CACHE_PATH}: ENOSPC")
+    config = Config(
+        min_age=86400, cooldown_exempt=("corp-exempt-*",), policy_rules=(
+            PolicyRule("no-evil", (RULE_PROJECT,), "deny", reason="typosquat"),
+        ),
+    )  # fmt: skip
+    return replace(
+        snapshot(
+            upstream=UpstreamStatus(
+                name="internal",
+                url=f"https://idx.corp.example{UPSTREAM_PATH}",
+                up=False,
+                last_error_reason="connect",
+                last_error_detail=EXCEPTION,
+                last_failure_at=NOW,
+                proxies=(ProxyStatus(PROXY, False),),
+            ),
+            failures=(failed, blocked, disk),
+        ),
+        routes=(RouteStatus((ROUTED,), ("internal",)),),
+        policy=policy_status(
+            config, [QuarantineEntry("corp-quarantined", "==1.0", "MAL-1", "cli")]
+        ),
+        incompatible=(
+            Incompatible(
+                project=SECRET_PROJECT,
+                environment="CPython 3.13 on linux",
+                installer="pip",
+                python="3.13",
+                newest="9.9",
+                newest_installable=None,
+                reason="no wheel",
+                count=3,
+                last_seen=NOW,
+            ),
+        ),
+    )
+
+
+REVEALING = (
+    SECRET_PROJECT, SECRET_FILE, UPSTREAM_PATH, PROXY, EXCEPTION, CACHE_PATH, ROUTED,
+    RULE_PROJECT, "corp-quarantined", "corp-exempt-", "idx.corp.example",
+)  # fmt: skip
+
+
+def test_the_summary_names_no_project_host_path_or_exception() -> None:
+    page = render_status(revealing_snapshot(), full=False)
+    for text in REVEALING:
+        assert text not in page, text
+    # What it does say: health, reasons with their counts, upstream names, the cooldown.
+    assert '<span class="badge down">down</span>' in page and 'id="upstream-internal"' in page
+    for reason in ("connect", "policy", "disk_full"):
+        assert f'<td class="reason">{reason}</td><td class="host">pypi.org</td>' in page
+    assert "1 configured, 1 cooling down" in page
+    assert "files younger than 1d held back" in page
+    assert "<dt>rules</dt><dd>1</dd>" in page and "1 entries" in page
+
+
+def test_the_full_view_shows_what_the_summary_leaves_out() -> None:
+    page = render_status(revealing_snapshot(), full=True)
+    for text in REVEALING:
+        if text != CACHE_PATH:  # only in a failure detail, shown escaped as it is
+            assert text in page, text
+    assert f"{CACHE_PATH}: ENOSPC" in page
 
 
 @pytest.mark.parametrize(
@@ -285,7 +393,7 @@ def test_cache_numbers_come_from_the_exposition() -> None:
     assert cache.requests["file"] == {**dict.fromkeys(CACHE_RESULTS, 0), "hit": 3, "miss": 1}
     assert cache.requests["page"]["stale"] == 1
     assert (cache.size, cache.files, cache.max_size) == (3 << 20, 7, 1 << 30)
-    page = render_status(snapshot(cache=cache))
+    page = render_status(snapshot(cache=cache), full=True)
     assert "3.0 MB" in page and "1.0 GB" in page and "75.0%" in page
 
 
@@ -327,6 +435,7 @@ async def test_hostile_host_header_cannot_break_the_page(gate: TestClient, host:
 # --- a real browser ----------------------------------------------------------------------
 
 CHROMIUM = Path("/usr/bin/chromium")
+ADMIN_TOKEN = "status-page-admin-token-0123"
 WIDTH, HEIGHT = 1280, 1600
 
 
@@ -426,10 +535,12 @@ async def test_headless_chromium_renders_the_status_page_with_its_data(
     tmp_path: Path,
 ) -> None:
     """Three upstreams (one of them down), routes, traffic and failures, as a browser
-    shows them; /readyz and /metrics say the same."""
+    shows them on the full page (logged in with the admin token) and on the summary at
+    ``/``; /readyz and /metrics say the same."""
     chromium()
     config = Config(
         cache_dir=tmp_path / "cache",
+        admin_token=ADMIN_TOKEN,
         upstreams=(
             upstream_config(internal.index_url, name="internal"),
             upstream_config(upstream.index_url, name="pypi"),
@@ -468,11 +579,13 @@ async def test_headless_chromium_renders_the_status_page_with_its_data(
     lookups = metric_value(exposition, "pipgate_cache_requests_total", kind="file")
     assert (hits, lookups) == (2, 5)  # alpha, beta: miss + hit; gamma: miss
 
-    url = str(gate.make_url("/"))
+    # The browser logs in as any user with the admin token as the password.
+    url = str(gate.make_url("/-/admin/status")).replace("://", f"://admin:{ADMIN_TOKEN}@", 1)
     png = tmp_path / "status.png"
-    dom_bytes, _ = await asyncio.gather(
+    dom_bytes, _, summary_bytes = await asyncio.gather(
         run_chromium(url, tmp_path / "profile-dom", "--dump-dom"),
         run_chromium(url, tmp_path / "profile-shot", f"--screenshot={png}"),
+        run_chromium(str(gate.make_url("/")), tmp_path / "profile-summary", "--dump-dom"),
     )
 
     dom = dom_bytes.decode()
@@ -499,6 +612,13 @@ async def test_headless_chromium_renders_the_status_page_with_its_data(
     major, minor, _ = platform.python_version_tuple()
     assert "<td>future-only</td>" in cannot and f"CPython {major}.{minor} on manylinux_" in cannot
     assert "<td>pip</td><td>1.0</td>" in cannot and "cp399" in cannot
+
+    # The summary anyone sees: health and reasons, nothing that names a file or a host.
+    summary = summary_bytes.decode()
+    assert '<span class="badge down">down</span>' in summary and "hash_mismatch" in summary
+    for hidden in (GAMMA, ">gamma<", "future-only", f"127.0.0.1:{upstream.port}", HOSTILE[1:]):
+        assert hidden not in summary, hidden
+    assert "&lt;script&gt;" not in summary  # the hostile detail is not shown at all
 
     width, height, rows = png_rows(png.read_bytes())
     assert (width, height) == (WIDTH, HEIGHT)

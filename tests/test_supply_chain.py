@@ -461,7 +461,9 @@ async def test_hidden_files_leave_html_and_json_pages_and_their_urls_name_the_ru
         cache_dir=tmp_path / "b",
         upstreams=(upstream_config(upstream.index_url),),
         policy_rules=(rule,),
+        admin_token="supply-chain-admin-token",
     )
+    admin = {"Authorization": "Bearer supply-chain-admin-token"}
     gate: TestClient = await aiohttp_client(create_app(config))
     page = await (await gate.get("/simple/delta/", headers={"Accept": JSON})).json(
         content_type=None
@@ -477,12 +479,12 @@ async def test_hidden_files_leave_html_and_json_pages_and_their_urls_name_the_ru
         "no-old-delta (CVE-2026-0001)"
     )
     assert "delta 3.0 is denied by rule no-old-delta" in await refused.text()
-    listed = await (await gate.get("/-/failures")).json()
+    listed = await (await gate.get("/-/admin/failures", headers=admin)).json()
     for _ in range(50):
         if listed["failures"]:
             break
         await asyncio.sleep(0.02)
-        listed = await (await gate.get("/-/failures")).json()
+        listed = await (await gate.get("/-/admin/failures", headers=admin)).json()
     assert listed["failures"][0]["reason"] == "policy"
     assert listed["failures"][0]["file"] == old.filename
     allow_list = Config(

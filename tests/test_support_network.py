@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from cryptography import x509
 
+from tests.conftest import CLIENT_TIMEOUT
 from tests.support.fake_pypi import Failure, FakePyPI
 from tests.support.forward_proxy import ForwardProxy
 from tests.support.packages import BuiltDist, build_wheel
@@ -95,7 +96,7 @@ def group_alive(pgid: int) -> bool:
 async def test_proxy_forwards_plain_http_and_reports_the_absolute_uri(
     plain_up: FakePyPI, proxy: ForwardProxy
 ) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
         for _ in range(2):  # the second request reuses the kept-alive proxy connection
             async with session.get(plain_up.index_url + "alpha/", proxy=proxy.url) as resp:
                 assert resp.status == 200
@@ -112,7 +113,7 @@ async def test_proxy_tunnels_https_with_connect_to_a_private_ca_upstream(
     ca: PrivateCA, tls_up: FakePyPI, proxy: ForwardProxy
 ) -> None:
     assert tls_up.url.startswith("https://127.0.0.1:")
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
         url = tls_up.index_url + "alpha/"
         async with session.get(url, proxy=proxy.url, ssl=ca.client_context()) as resp:
             assert resp.status == 200
@@ -131,7 +132,7 @@ async def test_authenticated_proxy_answers_407_unless_the_password_is_right(
     assert auth_proxy.url_with_auth() == (
         f"http://proxyuser:s3cret%3Ap%40ss@127.0.0.1:{auth_proxy.port}"
     )
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
         for proxy_url in (auth_proxy.url, auth_proxy.url_with_auth(password="wrong")):
             async with session.get(plain_up.index_url, proxy=proxy_url) as resp:
                 assert resp.status == 407
@@ -166,7 +167,7 @@ async def test_authenticated_proxy_answers_407_unless_the_password_is_right(
 async def test_stopped_proxy_refuses_and_restarts_on_its_port(
     plain_up: FakePyPI, proxy: ForwardProxy
 ) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
         async with session.get(plain_up.index_url, proxy=proxy.url) as resp:
             assert resp.status == 200
         assert proxy.pid is not None
@@ -190,7 +191,7 @@ async def test_stopped_proxy_refuses_and_restarts_on_its_port(
 async def test_tls_upstream_is_trusted_only_with_the_private_ca(
     ca: PrivateCA, tls_up: FakePyPI, tmp_path: Path
 ) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
         # The system trust store does not know the private CA.
         with pytest.raises(aiohttp.ClientConnectorCertificateError) as info:
             await session.get(tls_up.index_url, ssl=ssl.create_default_context())
@@ -212,7 +213,7 @@ async def test_mutual_tls_upstream_wants_a_client_certificate(
     fake = FakePyPI.with_sample_tree()
     fake.start(ssl_context=ca.server_context(require_client_cert=True))
     try:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
             # Under TLS 1.3 the refusal may only surface on the first read: either way
             # the request fails.
             with pytest.raises(aiohttp.ClientError):
@@ -250,7 +251,7 @@ async def test_reset_mid_body_then_range_resume_completes_the_file(
     up.reset_after[big.filename] = 100_000
     up.reset_times[big.filename] = 1
     received = bytearray()
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
         with pytest.raises(aiohttp.ClientPayloadError):
             async with session.get(up.file_url(big), ssl=tls) as resp:
                 assert resp.content_length == big.size  # the whole file was promised
@@ -285,7 +286,7 @@ async def test_if_range_mismatch_and_no_ranges_send_the_whole_file(
     plain_up: FakePyPI, big: BuiltDist
 ) -> None:
     url = plain_up.file_url(big)
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
         stale = {"Range": "bytes=10-", "If-Range": '"not-the-etag"'}
         async with session.get(url, headers=stale) as resp:
             assert resp.status == 200 and await resp.read() == big.data
@@ -302,7 +303,7 @@ async def test_page_and_file_fail_n_times_with_retry_after_then_succeed(
 ) -> None:
     plain_up.page_fail_times["Alpha"] = Failure(2, 503, retry_after="1")
     plain_up.file_fail_times[big.filename] = (1, 429, "2")
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
         for _ in range(2):
             async with session.get(plain_up.index_url + "alpha/") as resp:
                 assert resp.status == 503 and resp.headers["Retry-After"] == "1"
@@ -322,7 +323,7 @@ async def test_page_and_file_fail_n_times_with_retry_after_then_succeed(
 
 async def test_root_page_failures_use_the_empty_key(plain_up: FakePyPI) -> None:
     plain_up.page_fail_times[""] = Failure(1)
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
         async with session.get(plain_up.index_url) as resp:
             assert resp.status == 503 and "Retry-After" not in resp.headers
         async with session.get(plain_up.index_url) as resp:

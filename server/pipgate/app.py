@@ -23,6 +23,7 @@ from pipgate.failures import FailureLog, FailureReporter
 from pipgate.files.metadata import DerivedMetadata
 from pipgate.files.service import FileService
 from pipgate.incompatible import IncompatibleLog
+from pipgate.limits import DownloadSlots, PageFetchLimiter
 from pipgate.metrics import Metrics
 from pipgate.pages.bodies import ListRenderer, PageRenderer
 from pipgate.pages.metadata import MetadataInjector
@@ -40,7 +41,7 @@ from pipgate.store.evict import Evictor
 from pipgate.store.integrity import Scrubber
 from pipgate.store.reconcile import reconcile
 from pipgate.upstream.registry import Upstreams
-from pipgate.web import files, middleware, ops, pages, setup
+from pipgate.web import admin, auth, files, middleware, ops, pages, setup
 from pipgate.web.state import SERVICES, Services
 
 log = logging.getLogger("pipgate")
@@ -60,6 +61,8 @@ def build_pages(
     offline, the cached pages of each), the router, what is cached (offline), the
     metadata pipgate can derive, the policy."""
     lists = config.cache_dir / "lists"
+    # One budget of upstream page fetches for the worker, over all upstreams.
+    fetches = PageFetchLimiter(config.page_fetch_rate, config.client_page_fetch_rate, metrics)
     sources: dict[str, PageSource] = {
         client.name: (
             CachedPages(
@@ -69,7 +72,7 @@ def build_pages(
                 synthesize_upload_time=client.config.synthesize_upload_time,
             )
             if config.offline
-            else UpstreamPages(config, client, catalog, metrics, reporter)
+            else UpstreamPages(config, client, catalog, metrics, reporter, fetches)
         )
         for client in upstreams
     }
@@ -125,9 +128,11 @@ def create_app(
     once before starting them) and the shared ``multiprocess_dir`` of the metrics.
     With ``reload_config``, SIGHUP reloads the policy from it (a real server does).
     """
-    app = web.Application(middlewares=[middleware.observe, middleware.errors])
+    app = web.Application(middlewares=[middleware.observe, middleware.errors, auth.guard])
     app.on_response_prepare.append(middleware.add_request_id)
     add_routes(app)
+    auth.install(app, config)  # raises AuthFileError for a bad credential file
+    admin.install(app, reload_config=reload_config, supervised=multiprocess_dir is not None)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         metrics = Metrics(multiprocess_dir)
@@ -138,12 +143,19 @@ def create_app(
             await asyncio.to_thread(reconcile, config.cache_dir)
         else:
             await asyncio.to_thread(blobs.ensure_dirs)
-        catalog = Catalog(config.cache_dir)
+        catalog = Catalog(
+            config.cache_dir,
+            max_negative=config.max_negative_entries,
+            negative_retention=max(config.negative_ttl, config.max_stale),
+        )
         failures = FailureLog(config.cache_dir)
         reporter = FailureReporter(metrics, failures)
         upstreams = Upstreams(config, metrics)
         await upstreams.start()
-        downloads = DownloadManager(blobs, metrics)
+        downloads = DownloadManager(blobs, metrics, max_file_size=config.max_file_size)
+        slots = DownloadSlots(
+            config.max_downloads, config.max_client_downloads, config.queue_timeout, metrics
+        )
         evictor = Evictor(catalog, blobs, config.max_size, metrics)
         evictor.request()  # sets the size gauges, evicts if max_size shrank
         scrubber = Scrubber(config.cache_dir, catalog, blobs, metrics, config.scrub_rate)
@@ -163,7 +175,17 @@ def create_app(
         if reload_config is not None:
             _reload_on_sighup(policy, reload_config)
         file_service = FileService(
-            page_source, upstreams, catalog, blobs, downloads, metrics, evictor, reporter, derived
+            page_source,
+            upstreams,
+            catalog,
+            blobs,
+            downloads,
+            metrics,
+            evictor,
+            reporter,
+            derived,
+            slots,
+            max_file_size=config.max_file_size,
         )
         app[SERVICES] = Services(
             config=config,

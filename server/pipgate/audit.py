@@ -60,6 +60,8 @@ class AuditRecord:
     #: The failure reason of a refused or failed response (``policy``, ``timeout``…).
     reason: str | None = None
     request_id: str | None = None
+    #: Who the client authenticated as (``None``: reads are open, or an anonymous probe).
+    user: str | None = None
 
     @property
     def version(self) -> str | None:
@@ -73,12 +75,16 @@ CREATE TABLE IF NOT EXISTS downloads (
     time REAL NOT NULL, client TEXT, installer TEXT, installer_version TEXT, python TEXT,
     project TEXT NOT NULL, filename TEXT NOT NULL, version TEXT, kind TEXT,
     sha256 TEXT, upstream TEXT, result TEXT, status INTEGER, bytes INTEGER,
-    complete INTEGER, reason TEXT, request_id TEXT
+    complete INTEGER, reason TEXT, request_id TEXT, user TEXT
 );
 CREATE INDEX IF NOT EXISTS downloads_project ON downloads (project, time);
 CREATE INDEX IF NOT EXISTS downloads_sha256 ON downloads (sha256);
 CREATE INDEX IF NOT EXISTS downloads_time ON downloads (time);
 """
+#: Columns later versions added, with their SQL types: an older database gains them
+#: when it is opened for writing (its old rows read as NULL).
+_ADDED_COLUMNS = (("user", "TEXT"),)
+_LATE_INDEXES = "CREATE INDEX IF NOT EXISTS downloads_user ON downloads (user, time);"
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -86,7 +92,26 @@ def _connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(_SCHEMA)
+    _migrate(db)
+    db.executescript(_LATE_INDEXES)
     return db
+
+
+def _columns(db: sqlite3.Connection) -> set[str]:
+    return {row[1] for row in db.execute("PRAGMA table_info(downloads)")}
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add the columns an older audit.sqlite3 lacks (every worker may try at once: a
+    column another one just added is fine)."""
+    for name, kind in _ADDED_COLUMNS:
+        if name in _columns(db):
+            continue
+        try:
+            db.execute(f"ALTER TABLE downloads ADD COLUMN {name} {kind}")
+        except sqlite3.OperationalError:
+            if name not in _columns(db):
+                raise
 
 
 class AuditLog:
@@ -183,9 +208,11 @@ def query(
     versions: str | None = None,
     sha256: str | None = None,
     since: float | None = None,
+    user: str | None = None,
     limit: int = 10_000,
 ) -> list[dict[str, Any]]:
-    """The recorded responses that match, oldest first (blocking)."""
+    """The recorded responses that match, oldest first (blocking). A database from
+    before the ``user`` column reads as if no request had a user."""
     path = cache_dir / "audit.sqlite3"
     if not path.exists():
         return []
@@ -200,10 +227,16 @@ def query(
     if since is not None:
         clauses.append("time >= ?")
         params.append(since)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
     db.row_factory = sqlite3.Row
     try:
+        missing = [name for name, _kind in _ADDED_COLUMNS if name not in _columns(db)]
+        if user is not None:
+            if "user" in missing:
+                return []
+            clauses.append("user = ?")
+            params.append(user)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = [
             dict(row)
             for row in db.execute(
@@ -217,4 +250,6 @@ def query(
         rows = [r for r in rows if r["version"] is not None and spec.contains(r["version"], True)]
     for row in rows:
         row["complete"] = bool(row["complete"])
+        for name in missing:
+            row[name] = None
     return rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -13,12 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from pipgate import __version__, logs
 from pipgate.app import create_app
 from pipgate.config import SETTINGS, Config, ConfigError, load_config
-from pipgate.config.values import parse_optional_timestamp, parse_specifier
+from pipgate.config.values import parse_specifier
 from pipgate.doctor import report, run_doctor, succeeded
 from pipgate.errors import UpstreamError
 from pipgate.policy import commands
@@ -28,9 +27,14 @@ from pipgate.policy.rules import entries_as_json
 from pipgate.redact import redact_url
 from pipgate.simple.names import normalize
 from pipgate.store.integrity import verify_cache
+from pipgate.web import auth, serving
 from pipgate.workers import serve_workers
 
 log = logging.getLogger("pipgate")
+
+
+#: The umask of every pipgate command (so of everything it writes in the cache).
+CACHE_UMASK = 0o027
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,8 +171,40 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--version", dest="versions", metavar="SPEC", help="e.g. ==1.82.7")
     audit.add_argument("--sha256", help="a file's sha256")
     audit.add_argument("--since", help="a date or time, e.g. 2026-11-01 or 2026-11-01T08:00Z")
+    audit.add_argument("--user", help="the user a client authenticated as")
     audit.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_admin_commands(commands)
     return parser
+
+
+def _add_admin_commands(commands: Any) -> None:
+    """The cache operations the admin API also offers (``pipgate.admin``)."""
+    purge = commands.add_parser(
+        "purge",
+        help="forget a project's cached pages (the next request asks upstream)",
+        description="A running server notices within seconds. Exit status 0 (also when "
+        "nothing was cached), 2 bad input.",
+    )
+    _add_config_flags(purge)
+    purge.add_argument("project")
+    purge.add_argument("--json", action="store_true", help="machine-readable output")
+    remove = commands.add_parser(
+        "remove",
+        help="delete a cached file: by SHA256, or by PROJECT FILENAME (and its metadata)",
+        description="Files being sent, or stored in the last minute, are left (as eviction "
+        "leaves them). Exit status 0 removed, 1 not cached or not removed, 2 bad input.",
+    )
+    _add_config_flags(remove)
+    remove.add_argument("file", nargs="+", metavar="SHA256 | PROJECT FILENAME")
+    remove.add_argument("--json", action="store_true", help="machine-readable output")
+    failures = commands.add_parser(
+        "failures",
+        help="the recent failed fetches with every detail, newest first",
+        description="The list behind /-/admin/failures (at most 200 kept). Exit status 0.",
+    )
+    _add_config_flags(failures)
+    failures.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    failures.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _add_quarantine(commands: Any) -> None:
@@ -226,6 +262,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pipgate`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    # Cached pages of private indexes, the audit trail and the quarantine list are no
+    # business of other local users: files 0640, directories 0750, whoever starts us.
+    os.umask(CACHE_UMASK)
     try:
         config = load_config(
             config_file=args.config,
@@ -246,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return quarantine(config, args)
     if args.command == "audit":
         return audit(config, args)
+    if args.command in ("purge", "remove", "failures"):
+        return admin_command(config, args)
     if args.command == "prefetch":
         return prefetch(config, args)
     if args.command == "explain":
@@ -346,18 +387,16 @@ def quarantine(config: Config, args: argparse.Namespace) -> int:
 
 def audit(config: Config, args: argparse.Namespace) -> int:
     """``pipgate audit``: the recorded downloads that match."""
-    from pipgate.audit import query
+    from pipgate.admin import audit_rows
 
     try:
-        since = parse_optional_timestamp(args.since) if args.since else None
-        versions = parse_specifier(args.versions) if args.versions else None
-        project = normalize(args.project) if args.project else None
-        rows = query(
-            config.cache_dir,
-            project=project,
-            versions=versions,
+        rows = audit_rows(
+            config,
+            project=args.project,
+            versions=args.versions,
             sha256=args.sha256,
-            since=since,
+            since=args.since,
+            user=args.user,
         )
     except ValueError as exc:
         print(f"pipgate: audit: {exc}", file=sys.stderr)
@@ -373,11 +412,63 @@ def audit(config: Config, args: argparse.Namespace) -> int:
         who = f"{row['installer']}/{row['installer_version'] or '?'} py{row['python'] or '?'}"
         got = "complete" if row["complete"] else "incomplete"
         print(
-            f"{when}  {row['client']:<15}  {who:<22}  {row['project']} {row['filename']}  "
+            f"{when}  {row['client']:<15}  {row['user'] or '-':<12}  {who:<22}  "
+            f"{row['project']} {row['filename']}  "
             f"{row['status']} {row['result']} {got} {row['bytes']} B"
             + (f"  {row['reason']}" if row["reason"] else "")
         )
     return 0
+
+
+def admin_command(config: Config, args: argparse.Namespace) -> int:
+    """``pipgate purge|remove|failures``: the admin API's operations from a shell."""
+    from pipgate import admin
+
+    try:
+        if args.command == "purge":
+            result: Any = admin.purge_pages(config, args.project)
+            text = (
+                f"purged the cached pages of {result['project']} "
+                f"({', '.join(result['purged'])})"
+                if result["purged"]
+                else f"no cached pages of {result['project']} in upstreams "
+                f"{', '.join(u.name for u in config.upstreams)} (the server's configuration?)"
+            )
+            status = 0
+        elif args.command == "remove":
+            if len(args.file) == 1:
+                removal = admin.remove_file(config, sha256=args.file[0])
+            elif len(args.file) == 2:
+                removal = admin.remove_file(config, project=args.file[0], filename=args.file[1])
+            else:
+                raise ValueError("give a SHA256, or a PROJECT and a FILENAME")
+            result = removal.to_json()
+            lines = [f"removed {e['filename'] or e['sha256']}" for e in removal.removed]
+            lines += [f"in use, left: {e['filename'] or e['sha256']}" for e in removal.in_use]
+            lines += [
+                f"stored less than a minute ago, left: {e['filename'] or e['sha256']}"
+                for e in removal.too_new
+            ]
+            text = "\n".join(lines)
+            status = 0 if removal.removed else 1
+        else:
+            failures = admin.recent_failures(config, args.limit)
+            result = {"failures": [f.to_json() for f in failures]}
+            text = "\n".join(
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(f.time))}  {f.reason:<13} "
+                f"upstream={f.upstream} proxy={f.proxy or '-'} project={f.project or '-'} "
+                f"file={f.file or '-'}  {f.detail}"
+                for f in failures
+            ) or "no failures recorded"
+            status = 0
+    except admin.NoSuchFile as exc:
+        print(f"pipgate: {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"pipgate: {args.command}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else text)
+    return status
 
 
 def explain_command(config: Config, args: argparse.Namespace) -> int:
@@ -503,9 +594,25 @@ def serve(config: Config, reload_config: Callable[[], Config] | None = None) -> 
     except OSError as exc:
         print(f"pipgate: cache.dir {config.cache_dir}: cannot create ({exc})", file=sys.stderr)
         return 2
+    with contextlib.suppress(OSError):  # not ours (a shared mount): leave it as it is
+        # Closes a cache made world-readable by an earlier umask, without a walk.
+        config.cache_dir.chmod(0o750)
+    serving.raise_open_file_limit()
+    # Checked before the start-up line, so that a bad file is the only line printed.
+    try:
+        serving.tls_context(config)  # a bad certificate stops the server here, once
+    except serving.TLSError as exc:
+        print(f"pipgate: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        auth.load_read_credentials(config)  # so does a bad credential file
+    except auth.AuthFileError as exc:
+        print(f"pipgate: configuration error: {exc}", file=sys.stderr)
+        return 2
     log.info(
-        "pipgate %s on http://%s:%d/simple/ upstreams=%s cache=%s workers=%d",
+        "pipgate %s on %s://%s:%d/simple/ upstreams=%s cache=%s workers=%d",
         __version__,
+        "https" if config.tls_cert else "http",
         config.host,
         config.port,
         ", ".join(f"{u.name}={redact_url(u.url)}" for u in config.upstreams),
@@ -515,14 +622,9 @@ def serve(config: Config, reload_config: Callable[[], Config] | None = None) -> 
     try:
         if config.workers > 1:
             return serve_workers(config, reload_config)
-        web.run_app(
-            create_app(config, reload_config=reload_config),
-            host=config.host,
-            port=config.port,
-            print=None,
-            access_log=None,
-        )
+        sock = serving.bind(config.host, config.port, listen=True)
     except OSError as exc:
         print(f"pipgate: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 1
+    serving.run(create_app(config, reload_config=reload_config), config, sock)
     return 0

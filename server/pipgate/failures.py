@@ -1,9 +1,11 @@
 """Failure reporting: the counter, the log line, and the recent-failures list.
 
 Metric labels stay bounded (no project or file names); this log keeps the detail of the
-last failures for ``/-/failures`` and the status page: time, project, file, upstream,
-proxy, reason, detail. It lives in the cache directory (a diskcache deque with a fixed
-length), so every worker writes to, and reads, one shared list.
+last failures for the admin API (``/-/admin/failures``), the full status page and
+``pipgate failures``: time, project, file, upstream, proxy, reason, detail. Anyone
+else sees a :func:`summary` of them: reasons and upstream names, counted. The list
+lives in the cache directory (a diskcache deque with a fixed length), so every worker
+writes to, and reads, one shared list.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,19 @@ class Failure:
         return asdict(self)
 
 
+def summary(failures: Sequence[Failure]) -> dict[str, Any]:
+    """What anyone may see of ``failures``: when, why and which upstream, and counts
+    of each; never a project, a file, a proxy or the detail (which may name hosts,
+    paths and exception texts)."""
+    return {
+        "failures": [
+            {"time": f.time, "reason": f.reason, "upstream": f.upstream} for f in failures
+        ],
+        "by_reason": dict(Counter(f.reason for f in failures).most_common()),
+        "by_upstream": dict(Counter(f.upstream for f in failures).most_common()),
+    }
+
+
 class FailureLog:
     """A bounded, process-safe list of recent failures."""
 
@@ -55,12 +72,12 @@ class FailureLog:
 
     async def recent(self, limit: int = 50) -> list[Failure]:
         """The newest failures first."""
+        return await asyncio.to_thread(self.recent_now, limit)
 
-        def read() -> list[Failure]:
-            items = list(self._deque)[-limit:]
-            return [Failure(**item) for item in reversed(items)]
-
-        return await asyncio.to_thread(read)
+    def recent_now(self, limit: int = 50) -> list[Failure]:
+        """Blocking :meth:`recent` (``pipgate failures``)."""
+        items = list(self._deque)[-limit:] if limit > 0 else []
+        return [Failure(**item) for item in reversed(items)]
 
     def close(self) -> None:
         """Close the underlying SQLite connection."""

@@ -13,11 +13,13 @@ import hashlib
 import re
 from urllib.parse import quote
 
-from pipgate.simple.model import DistFile
+# The filename rule lives with the model (a page never holds another filename);
+# the web layer and the importer read it from here, with the rest of the URL scheme.
+from pipgate.simple.model import DistFile, is_safe_filename
+
+__all__ = ["LinkBuilder", "file_key", "file_path", "is_file_key", "is_safe_filename"]
 
 _KEY = re.compile(r"^(?:[0-9a-f]{64}|u[0-9a-f]{40})$")
-#: Longest filename accepted in a file URL (PyPI's longest are ~200 characters).
-MAX_FILENAME = 255
 
 
 def file_key(dist: DistFile) -> str:
@@ -35,16 +37,6 @@ def file_key(dist: DistFile) -> str:
 def is_file_key(value: str) -> bool:
     """Whether ``value`` has the shape of a :func:`file_key`."""
     return bool(_KEY.match(value))
-
-
-def is_safe_filename(value: str) -> bool:
-    """A distribution filename fit for a path segment (no separators, NUL or dot-files)."""
-    return (
-        0 < len(value) <= MAX_FILENAME
-        and not value.startswith(".")
-        and not any(c in value for c in "/\\\x00")
-        and value.isprintable()
-    )
 
 
 def file_path(project: str, dist: DistFile) -> str:

@@ -29,7 +29,21 @@ UPSTREAM_KINDS = ("page", "root", "metadata", "file")
 #: Why the policy refused a page or a file (:class:`pipgate.policy.rules.Kind`).
 POLICY_KINDS = ("deny", "allowlist", "version", "cooldown", "quarantine", "unhashed")
 #: Why a file link was left out of an upstream's page.
-LINK_DROP_CAUSES = ("scheme", "origin")
+LINK_DROP_CAUSES = ("scheme", "origin", "duplicate")
+#: Which limit refused or cut a request or connection (``pipgate_limited_total``).
+LIMITS = (
+    "connections",
+    "downloads",
+    "client_downloads",
+    "page_rate",
+    "client_page_rate",
+    "send_timeout",
+)
+#: Requests refused for their credentials (``pipgate_auth_refusals_total``): which
+#: area asked (reads, the admin API) and why (no credentials, wrong ones, or too many
+#: wrong ones from the client's address).
+AUTH_SCOPES = ("read", "admin")
+AUTH_CAUSES = ("missing", "invalid", "limited")
 #: Route templates of the web layer (``route`` label values).
 ROUTES = (
     "landing",
@@ -44,6 +58,16 @@ ROUTES = (
     "simple_redirect_project",
     "simple_other",
     "file",
+    "admin_status",
+    "admin_readyz",
+    "admin_failures",
+    "admin_audit",
+    "admin_pages",
+    "admin_file",
+    "admin_file_by_name",
+    "admin_scrub",
+    "admin_reload",
+    "admin_quarantine",
     "other",
 )
 #: Request latency buckets: index pages in milliseconds, big files in minutes.
@@ -110,6 +134,24 @@ class Metrics:
             ["upstream"],
             registry=r,
         )
+        self.limited = Counter(
+            "pipgate_limited",
+            "Connections refused, requests refused (503/429) and responses cut by a limit.",
+            ["limit"],
+            registry=r,
+        )
+        for limit in LIMITS:
+            self.limited.labels(limit=limit)
+        self.auth_refusals = Counter(
+            "pipgate_auth_refusals",
+            "Requests refused for their credentials, by scope (read, admin) and cause "
+            "(missing, invalid, limited).",
+            ["scope", "cause"],
+            registry=r,
+        )
+        for scope in AUTH_SCOPES:
+            for cause in AUTH_CAUSES:
+                self.auth_refusals.labels(scope=scope, cause=cause)
         self.inflight_downloads = Gauge(
             "pipgate_inflight_downloads",
             "Upstream file downloads in progress.",
@@ -153,8 +195,9 @@ class Metrics:
         )
         self.links_dropped = Counter(
             "pipgate_links_dropped",
-            "File links left out of upstream pages: not http(s) (scheme), or on an origin "
-            "outside the upstream's file_hosts (origin).",
+            "File links left out of upstream pages: not http(s) (scheme), on an origin "
+            "outside the upstream's file_hosts (origin), or a second file of one name "
+            "(duplicate).",
             ["upstream", "cause"],
             registry=r,
         )

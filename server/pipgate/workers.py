@@ -18,18 +18,17 @@ import multiprocessing.process
 import os
 import shutil
 import signal
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from aiohttp import web
 from prometheus_client import multiprocess, values
 
 from pipgate.app import create_app
 from pipgate.config import Config
 from pipgate.store.reconcile import reconcile
+from pipgate.web.serving import bind, run
 
 log = logging.getLogger("pipgate.workers")
 
@@ -37,19 +36,6 @@ log = logging.getLogger("pipgate.workers")
 RESTART_DELAY = 1.0
 #: Seconds the workers get to finish after SIGTERM before they are killed.
 STOP_GRACE = 10.0
-
-
-def bind(host: str, port: int, *, listen: bool) -> socket.socket:
-    """A ``SO_REUSEPORT`` socket on ``host:port`` (port 0: pick one)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    if listen:
-        sock.listen(1024)
-        sock.setblocking(False)
-    return sock
 
 
 def _worker_main(
@@ -65,17 +51,10 @@ def _worker_main(
     values.ValueClass = values.get_value_class()
     sock = bind(config.host, port, listen=True)
     logging.getLogger("pipgate").info("worker %d started", number)
-    web.run_app(
-        create_app(
-            config,
-            reconcile_cache=False,
-            multiprocess_dir=metrics_dir,
-            reload_config=reload_config,
-        ),
-        sock=sock,
-        print=None,
-        access_log=None,
+    app = create_app(
+        config, reconcile_cache=False, multiprocess_dir=metrics_dir, reload_config=reload_config
     )
+    run(app, config, sock)
 
 
 def serve_workers(config: Config, reload_config: Callable[[], Config] | None = None) -> int:

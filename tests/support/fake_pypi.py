@@ -47,6 +47,7 @@ RECORDED_HEADERS = (
     "accept",
     "authorization",
     "accept-encoding",
+    "cookie",
     "cache-control",
     "host",
     "if-modified-since",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -30,19 +31,23 @@ class PipgateProcess:
         cache_dir: Path,
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         #: ``None``: the upstreams come from a ``--config`` file in ``extra_args``.
         self.upstream = upstream
         self.cache_dir = cache_dir
         self.extra_args = extra_args
         self.env = env or {}
+        #: For a pipgate serving HTTPS: a client context that trusts its certificate.
+        self.ssl_context = ssl_context
         self.port = free_port()
         self.log_path = cache_dir.parent / f"pipgate-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def index_url(self) -> str:
@@ -75,7 +80,8 @@ class PipgateProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"pipgate exited early:\n{self.log()}")
             try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as resp:
+                probe = self.url + "/healthz"
+                with urllib.request.urlopen(probe, timeout=1, context=self.ssl_context) as resp:
                     if resp.status == 200:
                         return self
             except OSError:

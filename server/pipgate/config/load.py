@@ -38,7 +38,7 @@ class ConfigError(ValueError):
 
 
 _BY_NAME = {s.name: s for s in SERVER_SETTINGS + UPSTREAM_SETTINGS}
-_TABLES = {"server", "cache", "policy"}
+_TABLES = {"server", "cache", "policy", "limits", "auth"}
 
 
 def load_config(
@@ -95,6 +95,15 @@ def load_config(
         routes=tuple(_build_route(values, built, n) for n, values in enumerate(routes, 1)),
         config_file=path,
     )
+    _check_server(config)
+    config = replace(
+        config,
+        admin_token=_secret(
+            env, config.admin_token_env, config.admin_token_file, "admin_token", "auth"
+        ),
+    )
+    if config.admin_token is not None and len(config.admin_token) < 16:
+        raise ConfigError("auth.admin_token: must be at least 16 characters long")
     return replace(
         config,
         policy_rules=tuple(_build_rule(values, config, n) for n, values in enumerate(rules, 1)),
@@ -133,6 +142,27 @@ def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
         host = f"[{host}]"
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), auth
+
+
+def _check_server(config: Config) -> None:
+    """Server-wide values that only make sense together."""
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("server.tls_cert and server.tls_key: set both or neither")
+    for name, key in (
+        ("tls_cert", "server.tls_cert"),
+        ("tls_key", "server.tls_key"),
+        ("htpasswd", "auth.htpasswd"),
+        ("read_tokens", "auth.tokens"),
+    ):
+        path = getattr(config, name)
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{key}: no such file {path}")
+    for name in ("keepalive_timeout", "send_timeout", "list_timeout"):
+        if getattr(config, name) <= 0:
+            table = "limits" if name == "list_timeout" else "server"
+            raise ConfigError(f"{table}.{name}: must be greater than 0")
+    if config.max_page_size < 1 << 16 or config.max_list_size < 1 << 16:
+        raise ConfigError("limits.max_page_size/max_list_size: must be at least 64KiB")
 
 
 def _check_upstream(upstream: UpstreamConfig, prefix: str) -> None:

@@ -2,9 +2,10 @@
 
 Each key is declared once, as a :class:`Setting`; its TOML key, its ``PIPGATE_*``
 environment variable and its command-line flag are derived from that declaration.
-Settings live in four tables: server-wide ones (``[server]``, ``[cache]``,
-``[policy]``), one slice per upstream (``[upstream]`` or ``[[upstream]]``: everything an
-upstream client needs, and nothing else), and the routing rules (``[[route]]``).
+Settings live in four kinds of table: server-wide ones (``[server]``, ``[cache]``,
+``[policy]``, ``[limits]``, ``[auth]``), one slice per upstream (``[upstream]`` or
+``[[upstream]]``: everything an upstream client needs, and nothing else), the routing
+rules (``[[route]]``) and the policy rules (``[[policy.rule]]``).
 """
 
 from __future__ import annotations
@@ -113,6 +114,45 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
         flag=True,
         switch=True,
     ),
+    _s(
+        "tls_cert",
+        "server",
+        "tls_cert",
+        v.parse_optional_path,
+        "PEM certificate (chain) to serve HTTPS with (with tls_key)",
+        flag=True,
+        metavar="PEM",
+    ),
+    _s(
+        "tls_key",
+        "server",
+        "tls_key",
+        v.parse_optional_path,
+        "PEM private key of tls_cert",
+        flag=True,
+        metavar="PEM",
+    ),
+    _s(
+        "max_connections",
+        "server",
+        "max_connections",
+        v.parse_positive_int,
+        "open client connections per worker; beyond it new ones are closed at once",
+    ),
+    _s(
+        "keepalive_timeout",
+        "server",
+        "keepalive_timeout",
+        v.parse_duration,
+        "how long an idle client connection (or one still sending its first request) stays open",
+    ),
+    _s(
+        "send_timeout",
+        "server",
+        "send_timeout",
+        v.parse_duration,
+        "a response is aborted when the client takes no bytes for this long",
+    ),
     _s("cache_dir", "cache", "dir", v.parse_path, "cache directory", flag=True),
     _s(
         "index_ttl",
@@ -199,6 +239,104 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
         v.parse_duration,
         "how long the download audit trail is kept",
     ),
+    _s(
+        "max_file_size",
+        "limits",
+        "max_file_size",
+        v.parse_size,
+        "largest distribution file fetched from upstream (0 = no limit)",
+    ),
+    _s(
+        "max_page_size",
+        "limits",
+        "max_page_size",
+        v.parse_size,
+        "largest project page read from upstream, after decompression",
+    ),
+    _s(
+        "max_list_size",
+        "limits",
+        "max_list_size",
+        v.parse_size,
+        "largest /simple/ project list read from upstream, after decompression",
+    ),
+    _s(
+        "list_timeout",
+        "limits",
+        "list_timeout",
+        v.parse_duration,
+        "total time allowed for fetching the upstream project list",
+    ),
+    _s(
+        "max_downloads",
+        "limits",
+        "max_downloads",
+        v.parse_positive_int,
+        "upstream file downloads running at once in one worker (more wait in a queue)",
+    ),
+    _s(
+        "max_client_downloads",
+        "limits",
+        "max_client_downloads",
+        v.parse_positive_int,
+        "upstream file downloads one client address may start at once in one worker",
+    ),
+    _s(
+        "queue_timeout",
+        "limits",
+        "queue_timeout",
+        v.parse_duration,
+        "how long a download waits for a free slot before a 503 with Retry-After",
+    ),
+    _s(
+        "page_fetch_rate",
+        "limits",
+        "page_fetch_rate",
+        v.parse_rate,
+        "upstream page fetches per second one worker may start (0 = no limit)",
+    ),
+    _s(
+        "client_page_fetch_rate",
+        "limits",
+        "client_page_fetch_rate",
+        v.parse_rate,
+        "upstream page fetches per second one client address may cause (0 = no limit)",
+    ),
+    _s(
+        "max_negative_entries",
+        "limits",
+        "max_negative_entries",
+        v.parse_positive_int,
+        "remembered upstream 404s; the oldest are forgotten beyond it",
+    ),
+    _s(
+        "htpasswd",
+        "auth",
+        "htpasswd",
+        v.parse_optional_path,
+        "htpasswd file (bcrypt) whose users may read; unset: reads are open",
+    ),
+    _s(
+        "read_tokens",
+        "auth",
+        "tokens",
+        v.parse_optional_path,
+        "file of 'user:token' lines whose bearer tokens may read",
+    ),
+    _s(
+        "admin_token_file",
+        "auth",
+        "admin_token_file",
+        v.parse_optional_path,
+        "file holding the admin token for /-/admin/ and full status details",
+    ),
+    _s(
+        "admin_token_env",
+        "auth",
+        "admin_token_env",
+        v.parse_optional_text,
+        "name of an environment variable holding the admin token",
+    ),
 )
 
 #: The slice of one upstream. Environment variables and flags set the first upstream.
@@ -257,6 +395,20 @@ UPSTREAM_SETTINGS: tuple[Setting, ...] = (
         "synthesize_upload_time",
         v.parse_bool,
         "publish when pipgate first saw a file as its upload-time when upstream sends none",
+    ),
+    _s(
+        "page_connections",
+        "upstream",
+        "page_connections",
+        v.parse_positive_int,
+        "connections for pages and metadata (a pool of their own, never taken by files)",
+    ),
+    _s(
+        "file_connections",
+        "upstream",
+        "file_connections",
+        v.parse_positive_int,
+        "connections for distribution files",
     ),
     _s("connect_timeout", "upstream", "connect_timeout", v.parse_duration, "connect timeout"),
     _s("read_timeout", "upstream", "read_timeout", v.parse_duration, "idle read timeout"),
@@ -506,6 +658,8 @@ class UpstreamConfig:
     min_age: float | None = None
     exclude_newer: float | None = None
     synthesize_upload_time: bool = False
+    page_connections: int = 16
+    file_connections: int = 64
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
     page_timeout: float = 60.0
@@ -590,6 +744,11 @@ class Config:
     workers: int = 1
     #: No upstream traffic at all; pages list only what is cached.
     offline: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_connections: int = 1024
+    keepalive_timeout: float = 15.0
+    send_timeout: float = 60.0
     cache_dir: Path = field(default_factory=v.default_cache_dir)
     index_ttl: float = 600.0
     root_ttl: float = 3600.0
@@ -604,6 +763,22 @@ class Config:
     exclude_newer: float | None = None
     cooldown_exempt: tuple[str, ...] = ()
     audit_retention: float = 90 * 86400.0
+    max_file_size: int = 20 << 30
+    max_page_size: int = 64 << 20
+    max_list_size: int = 512 << 20
+    list_timeout: float = 600.0
+    max_downloads: int = 64
+    max_client_downloads: int = 16
+    queue_timeout: float = 30.0
+    page_fetch_rate: float = 50.0
+    client_page_fetch_rate: float = 20.0
+    max_negative_entries: int = 100_000
+    htpasswd: Path | None = None
+    read_tokens: Path | None = None
+    admin_token_file: Path | None = None
+    admin_token_env: str | None = None
+    #: The admin token itself, read from ``admin_token_file`` or ``admin_token_env``.
+    admin_token: str | None = field(default=None, repr=False)
     policy_rules: tuple[PolicyRule, ...] = ()
     #: The upstreams in their configured order (the default route order).
     upstreams: tuple[UpstreamConfig, ...] = field(default_factory=_default_upstreams)

@@ -97,6 +97,19 @@ def parse_int(raw: Any) -> int:
         raise ValueError(f"expected an integer, got {raw!r}") from None
 
 
+def parse_rate(raw: Any) -> float:
+    """Events per second, ``0`` meaning no limit (``20``, ``"2.5"``)."""
+    if isinstance(raw, bool):
+        raise ValueError(f"expected a number per second, got {raw!r}")
+    try:
+        value = float(str(raw).strip()) if not isinstance(raw, (int, float)) else float(raw)
+    except ValueError:
+        raise ValueError(f"expected a number per second, got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"expected a finite number >= 0, got {raw!r}")
+    return value
+
+
 def parse_index_url(raw: Any) -> str:
     """An http(s) simple-index URL, or a ``file:///`` one (a ``pipgate export``
     directory), normalised to end in ``/``."""

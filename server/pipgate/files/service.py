@@ -20,6 +20,7 @@ from pathlib import Path
 from pipgate.errors import Reason, UpstreamError
 from pipgate.failures import FailureReporter
 from pipgate.files.metadata import METADATA_SUFFIX, DerivedMetadata, metadata_key
+from pipgate.limits import DownloadSlots
 from pipgate.links import file_key
 from pipgate.metrics import Metrics
 from pipgate.pages.source import FileOffer, NotOffered, PageSource
@@ -83,8 +84,13 @@ class FileService:
         evictor: Evictor,
         reporter: FailureReporter,
         derived: DerivedMetadata,
+        slots: DownloadSlots,
+        *,
+        max_file_size: int = 0,
     ) -> None:
         self._pages = pages
+        self._slots = slots
+        self._max_file_size = max_file_size
         self._upstreams = upstreams
         self._catalog = catalog
         self._blobs = blobs
@@ -126,6 +132,7 @@ class FileService:
         dist = offer.dist
         client = self._upstreams[offer.upstream]
         self._refuse_if_bad(key, filename, client.name)
+        self._refuse_if_too_large(offer)
         expected = _verifiable(dist)
         if self._downloads.degraded and self._downloads.active(key) is None:
             return self._pass_through(offer)
@@ -135,17 +142,28 @@ class FileService:
             await self._record(project, filename, key, committed)
             self._derive_later(offer, key)
 
-        download, started = self._downloads.get_or_start(
-            key,
-            lambda: client.open_file(dist.url),
-            expected,
-            dist.size,
-            on_commit,
-            self._failed(offer, filename),
-            label=f"{project}/{filename}",
-        )
-        if started:
-            log.info("download %s/%s from %s", project, filename, client.name)
+        download = self._downloads.active(key)
+        if download is None:
+            # A new upstream download needs a slot (joining a running one does not).
+            slot = await self._slots.acquire()
+
+            async def on_end() -> None:
+                await self._slots.release(slot)
+
+            download, started = self._downloads.get_or_start(
+                key,
+                lambda: client.open_file(dist.url),
+                expected,
+                dist.size,
+                on_commit,
+                self._failed(offer, filename),
+                label=f"{project}/{filename}",
+                on_end=on_end,
+            )
+            if started:
+                log.info("download %s/%s from %s", project, filename, client.name)
+            else:  # another request started it while this one queued
+                await self._slots.release(slot)
         try:
             await download.wait_started()
         except UpstreamError as exc:
@@ -200,6 +218,15 @@ class FileService:
         )
         raise error
 
+    def _refuse_if_too_large(self, offer: FileOffer) -> None:
+        size = offer.dist.size
+        if self._max_file_size and size is not None and size > self._max_file_size:
+            raise UpstreamError(
+                Reason.TOO_LARGE,
+                f"{offer.dist.filename} is {size} bytes, over limits.max_file_size "
+                f"({self._max_file_size} bytes)",
+            )
+
     def _failed(self, offer: FileOffer, file: str) -> OnFailure:
         """Where a failed fetch of ``offer`` is reported."""
         client = self._upstreams[offer.upstream]
@@ -231,6 +258,7 @@ class FileService:
             expected=_verifiable(dist),
             size=dist.size,
             on_failure=self._failed(offer, dist.filename),
+            slot=self._slots.slot,
         )
         return Served(
             filename=dist.filename,

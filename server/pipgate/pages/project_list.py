@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import ijson
+
 from pipgate.errors import Reason, UpstreamError
 from pipgate.failures import FailureReporter
 from pipgate.pages import names_file
 from pipgate.pages.source import ProjectList
-from pipgate.simple.model import ProjectEntry
-from pipgate.simple.parse import PageParseError, ProjectListHtmlParser, parse_project_list_json
+from pipgate.simple.model import SUPPORTED_MAJOR, ProjectEntry, api_version_tuple
+from pipgate.simple.names import is_valid_name
+from pipgate.simple.parse import PageParseError, ProjectListHtmlParser
 from pipgate.store.catalog import Catalog, ListRecord
 from pipgate.upstream.client import UpstreamClient
 
@@ -166,19 +168,43 @@ class UpstreamList:
 
 
 def _parse_list(source: Path, is_json: bool) -> Iterator[ProjectEntry]:
+    """The projects of a list on disk, parsed incrementally (HTML or JSON): memory stays
+    flat whatever the list's size (which ``limits.max_list_size`` bounds)."""
     try:
         if is_json:
-            # JSON cannot be parsed incrementally with the stdlib; this runs only at
-            # refresh time, and upstreams are asked for HTML first.
-            yield from parse_project_list_json(source.read_bytes())
+            yield from _parse_json_list(source)
             return
         parser = ProjectListHtmlParser()
         with open(source, encoding="utf-8", errors="replace") as body:
             while chunk := body.read(1 << 20):
                 yield from parser.feed(chunk)
         yield from parser.close()
-    except (PageParseError, json.JSONDecodeError, ValueError) as exc:
+    except (PageParseError, ijson.JSONError, ValueError) as exc:
         raise UpstreamError(Reason.BAD_PAGE, f"unreadable project list: {exc}") from exc
+
+
+def _parse_json_list(source: Path) -> Iterator[ProjectEntry]:
+    """A PEP 691 root list, event by event (``ijson``): only ``projects[].name`` and
+    ``meta.api-version`` matter; names that are not valid projects are dropped."""
+    projects = False
+    with open(source, "rb") as body:
+        for prefix, event, value in ijson.parse(body):
+            if prefix == "meta.api-version" and event == "string":
+                try:
+                    major, _minor = api_version_tuple(value)
+                except ValueError:
+                    raise PageParseError(f"bad api-version {value[:20]!r}") from None
+                if major > SUPPORTED_MAJOR:  # PEP 629: fail on an unknown major version
+                    raise PageParseError(f"unsupported api-version {value[:20]!r}")
+            elif prefix == "projects" and event == "start_array":
+                projects = True
+            elif prefix == "projects.item.name" and event == "string":
+                if is_valid_name(value):
+                    yield ProjectEntry(value)
+            elif prefix == "" and event not in ("start_map", "end_map", "map_key"):
+                raise PageParseError("a project list must be a JSON object")
+    if not projects:
+        raise PageParseError("projects is not a list")
 
 
 def _log_task_error(task: asyncio.Task[ListRecord]) -> None:

@@ -24,6 +24,7 @@ import time
 from pipgate.config import Config
 from pipgate.errors import Reason, UpstreamError
 from pipgate.failures import FailureReporter
+from pipgate.limits import Limited, PageFetchLimiter
 from pipgate.metrics import Metrics
 from pipgate.pages.cache import PageCache
 from pipgate.pages.project_list import UpstreamList
@@ -48,8 +49,10 @@ class UpstreamPages:
         catalog: Catalog,
         metrics: Metrics,
         reporter: FailureReporter,
+        fetches: PageFetchLimiter | None = None,
     ) -> None:
         self._config = config
+        self._fetches = fetches
         self._client = client
         self.name = client.name
         self._catalog = catalog
@@ -104,6 +107,16 @@ class UpstreamPages:
     async def _refresh(self, name: str) -> PageView:
         record = await self._catalog.get_page(self.name, name)
         cached_200 = record is not None and record.status == 200
+        if self._fetches is not None:
+            try:
+                self._fetches.admit(name)
+            except Limited:
+                # Over the page-fetch budget: what is cached beats a refusal.
+                if record is not None and record.age() <= self._config.max_stale:
+                    view = await self._cache.view(name, record, "stale")
+                    if view is not None:
+                        return view
+                raise
         try:
             fetched = await self._client.fetch_page(
                 self._client.project_url(name),
@@ -189,12 +202,18 @@ class UpstreamPages:
         for cause, count in dropped.items():
             self._metrics.links_dropped.labels(upstream=self.name, cause=cause).inc(count)
         if dropped:
+            hint = (
+                f" (file links must stay on its origins: "
+                f"{', '.join(self._client.config.file_origins)})"
+                if foreign
+                else ""
+            )
             log.warning(
-                "dropped %s links of %s from %s (file links must stay on its origins: %s)",
+                "dropped %s links of %s from %s%s",
                 ", ".join(f"{n} {c}" for c, n in sorted(dropped.items())),
                 name,
                 self.name,
-                ", ".join(self._client.config.file_origins),
+                hint,
             )
         return page
 

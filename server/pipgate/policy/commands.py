@@ -78,10 +78,13 @@ def purge(config: Config, entries: Sequence[QuarantineEntry]) -> Purged:
     return Purged(removed, in_use)
 
 
-def add(config: Config, target: str, reason: str, *, do_purge: bool) -> dict[str, object]:
-    """Quarantine ``target``; returns what was done (for text or JSON output)."""
+def add(
+    config: Config, target: str, reason: str, *, do_purge: bool, source: str = "cli"
+) -> dict[str, object]:
+    """Quarantine ``target`` (``source``: who asked, ``cli`` or ``admin-api``); returns
+    what was done (for text or JSON output)."""
     project, spec = parse_target(target)
-    entry = QuarantineEntry(project, spec, reason, "cli", time.time())
+    entry = QuarantineEntry(project, spec, reason, source, time.time())
     added, entries = QuarantineStore(config.cache_dir).add([entry])
     result: dict[str, object] = {"added": added, "entry": asdict(entry), "total": len(entries)}
     if do_purge:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 #: Highest API version pipgate understands. PEP 629: a client (and so a proxy reading an
 #: upstream) fails on an unknown major version and tolerates a higher minor one.
@@ -73,6 +75,81 @@ KNOWN_JSON_PAGE_KEYS = frozenset({"meta", "name", "files", "versions", "project-
 #: ``core_metadata`` values: absent, ``True`` (no hash known), or ``{"sha256": hex}``.
 CoreMetadata = bool | dict[str, str] | None
 
+# Bounds on what a page may carry. A hostile upstream's absurd values become "not
+# given" here, once, whichever source built the page (an upstream, the cache, a merge,
+# an import), so nothing downstream and no client ever sees them.
+#: Largest ``size``: clients read it as a 64-bit integer (uv's u64).
+MAX_SIZE = (1 << 63) - 1
+#: Longest text field (requires-python, a yank reason, an unknown ``data-*`` value):
+#: real ones are under 100 characters.
+MAX_TEXT = 1024
+#: Longest URL kept (file links, provenance): no server takes longer request lines.
+MAX_URL = 8192
+#: Deepest nesting of an unknown JSON value passed through to clients (uv's JSON
+#: parser gives up past 128 levels, and the whole page with it).
+MAX_DEPTH = 32
+#: Unknown ``data-*`` attributes kept per link.
+MAX_HTML_ATTRS = 32
+#: Longest distribution filename (PyPI's longest are ~200 characters).
+MAX_FILENAME = 255
+#: PEP 700 ``upload-time``: an ISO 8601 date-time with its UTC offset (PyPI sends
+#: ``2024-01-02T03:04:05.123456Z``).
+_TIMESTAMP = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?"
+    r"(?:Z|[+-][0-9]{2}:[0-9]{2})\Z"
+)
+_DATA_ATTR = re.compile(r"data-[a-z0-9_.:-]+\Z")
+
+
+def is_safe_filename(value: str) -> bool:
+    """A distribution filename fit for a path segment and a log line: no separators,
+    no NUL or other unprintable characters, no dot-files."""
+    return (
+        0 < len(value) <= MAX_FILENAME
+        and not value.startswith(".")
+        and not any(c in value for c in "/\\\x00")
+        and value.isprintable()
+    )
+
+
+def is_timestamp(value: str) -> bool:
+    """Whether ``value`` is a PEP 700 ``upload-time`` (a real date and time, with offset).
+
+    Anything else is dropped rather than passed on: uv refuses a whole page over one
+    unreadable ``upload-time``, and the release cooldown must not read it as "old".
+    """
+    if not _TIMESTAMP.match(value):
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:  # month 13, February 30, hour 24...
+        return False
+    return True
+
+
+def _is_web_url(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return len(value) <= MAX_URL and parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _depth_within(value: object, limit: int) -> bool:
+    """Whether ``value`` nests no deeper than ``limit`` (never recurses past it)."""
+    if isinstance(value, dict):
+        return limit > 0 and all(_depth_within(v, limit - 1) for v in value.values())
+    if isinstance(value, list | tuple):
+        return limit > 0 and all(_depth_within(v, limit - 1) for v in value)
+    return True
+
+
+def shallow(mapping: dict[str, Any], limit: int = MAX_DEPTH) -> dict[str, Any]:
+    """``mapping`` without the keys whose value nests deeper than ``limit``."""
+    if all(_depth_within(v, limit - 1) for v in mapping.values()):
+        return mapping
+    return {k: v for k, v in mapping.items() if _depth_within(v, limit - 1)}
+
 
 @dataclass(frozen=True, slots=True)
 class DistFile:
@@ -99,6 +176,33 @@ class DistFile:
     extra: dict[str, Any] = field(default_factory=dict)
     #: Unknown ``data-*`` attributes of HTML anchors, passed through into HTML only.
     html_attrs: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Informational fields out of bounds are dropped (a yank stays a yank).
+        def drop(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        size = self.size
+        if size is not None and not (type(size) is int and 0 <= size <= MAX_SIZE):
+            drop("size", None)
+        if self.upload_time is not None and not is_timestamp(self.upload_time):
+            drop("upload_time", None)
+        if self.provenance is not None and not _is_web_url(self.provenance):
+            drop("provenance", None)  # PEP 740: an absolute URL
+        if isinstance(self.yanked, str) and len(self.yanked) > MAX_TEXT:
+            drop("yanked", True)
+        if self.requires_python is not None and len(self.requires_python) > MAX_TEXT:
+            drop("requires_python", None)  # as clients do with one they cannot read
+        if self.html_attrs:
+            kept = [
+                (k, v)
+                for k, v in self.html_attrs.items()
+                if _DATA_ATTR.match(k) and len(v) <= MAX_TEXT
+            ][:MAX_HTML_ATTRS]
+            if len(kept) != len(self.html_attrs):
+                drop("html_attrs", dict(kept))
+        if self.extra:
+            drop("extra", shallow(self.extra))
 
     @property
     def sha256(self) -> str | None:
@@ -137,6 +241,24 @@ class ProjectPage:
     meta_extra: dict[str, Any] = field(default_factory=dict)
     #: Unknown top-level keys (e.g. ``alternate-locations``).
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # One file per filename (the first wins, as with merged upstreams): offers,
+        # first-seen times and the policy are all keyed by it, and a second entry with
+        # other hashes would let a client pick either. Filenames that no file URL can
+        # serve are left out too.
+        seen: set[str] = set()
+        files = []
+        for dist in self.files:
+            if dist.filename not in seen and is_safe_filename(dist.filename):
+                seen.add(dist.filename)
+                files.append(dist)
+        if len(files) != len(self.files) or not isinstance(self.files, tuple):
+            object.__setattr__(self, "files", tuple(files))
+        object.__setattr__(self, "meta_extra", shallow(self.meta_extra))
+        object.__setattr__(self, "extra", shallow(self.extra))
+        if self.project_status is not None:
+            object.__setattr__(self, "project_status", shallow(self.project_status))
 
     @property
     def status(self) -> str:

@@ -14,7 +14,6 @@ import html
 import json
 import re
 from collections.abc import Callable
-from html.parser import HTMLParser
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import unquote, urljoin, urlsplit
 
@@ -22,14 +21,16 @@ from pipgate.simple.model import (
     KNOWN_HTML_ATTRS,
     KNOWN_JSON_FILE_KEYS,
     KNOWN_JSON_PAGE_KEYS,
+    MAX_URL,
     SUPPORTED_MAJOR,
     CoreMetadata,
     DistFile,
     ProjectEntry,
     ProjectPage,
     api_version_tuple,
+    is_safe_filename,
 )
-from pipgate.simple.names import MAX_NAME_LENGTH, is_valid_name
+from pipgate.simple.names import MAX_NAME_LENGTH, is_valid_name, normalize
 
 __all__ = [
     "PageParseError",
@@ -56,8 +57,10 @@ _HEX_LENGTHS = {
 }
 _HEX = re.compile(r"[0-9a-fA-F]+\Z")
 
-#: Causes passed to ``on_skip`` for a file entry that is left out.
+#: Causes passed to ``on_skip`` for a file entry that is left out: a link that is not
+#: http(s), and a second file of the same name.
 SKIP_SCHEME = "scheme"
+SKIP_DUPLICATE = "duplicate"
 SkipCallback = Callable[[str], None]
 
 
@@ -111,16 +114,6 @@ def _resolve(base: str, href: str) -> str | None:
     return None
 
 
-def _safe_filename(filename: str) -> bool:
-    """Reject names that could escape a directory once the store uses them."""
-    return (
-        bool(filename)
-        and filename not in (".", "..")
-        and not any(c in filename for c in "/\\\x00")
-        and len(filename) <= 1024
-    )
-
-
 def _project_status(value: object) -> dict[str, Any] | None:
     """PEP 792 ``project-status`` object, as given.
 
@@ -158,26 +151,6 @@ def _decode_html(body: bytes) -> str:
     return body.decode("utf-8", errors="replace").removeprefix("\ufeff")
 
 
-class _TolerantHTMLParser(HTMLParser):
-    """``html.parser`` that never raises (3.11 asserts on ``<![ ...`` sections)."""
-
-    def parse_marked_section(self, i: int, report: bool = True) -> int:
-        try:
-            return super().parse_marked_section(i, report)
-        except AssertionError:
-            # Treat a broken "<![" section like a bogus comment: skip to the next ">".
-            j = self.rawdata.find(">", i + 3)
-            return -1 if j < 0 else j + 1
-
-
-def _first_attrs(attrs: list[tuple[str, str | None]]) -> dict[str, str | None]:
-    """Attribute dict where the first occurrence wins (HTML5 tokenizer rule)."""
-    result: dict[str, str | None] = {}
-    for key, value in attrs:
-        result.setdefault(key, value)
-    return result
-
-
 # ---------------------------------------------------------------------------------------
 # Project page, JSON (PEP 691)
 
@@ -193,7 +166,8 @@ def parse_project_json(
 ) -> ProjectPage:
     """Parse a PEP 691 project page; ``name`` is the normalised name pipgate asked for.
 
-    ``on_skip`` hears of each file entry left out because its URL is not http(s).
+    ``on_skip`` hears of each file entry left out because its URL is not http(s), or
+    because an earlier entry has its filename.
     """
     data = _load_json_object(body)
     meta = data.get("meta", {})
@@ -201,6 +175,12 @@ def parse_project_json(
         raise PageParseError("meta is not an object")
     meta_extra = dict(meta)
     api_version = _api_version(meta_extra.pop("api-version", None))
+    # PEP 691: the page names its project. Another project's page (a misdirected
+    # redirect, a confused or hostile index) must not be served under this name.
+    page_name = data.get("name")
+    if page_name is not None and (not isinstance(page_name, str) or normalize(page_name) != name):
+        shown = page_name[:80] if isinstance(page_name, str) else type(page_name).__name__
+        raise PageParseError(f"the page is for project {shown!r}, not {name!r}")
     # PEP 792: top-level "project-status" (PyPI, uv); the living spec's example puts it
     # under "meta", so accept that too (it is re-emitted at the top level).
     meta_status = meta_extra.pop("project-status", None)
@@ -226,7 +206,7 @@ def parse_project_json(
         if isinstance(raw_versions, list)
         else None
     )
-    return ProjectPage(
+    page = ProjectPage(
         name=name,
         files=tuple(files),
         api_version=api_version,
@@ -235,6 +215,17 @@ def parse_project_json(
         meta_extra=meta_extra,
         extra={k: v for k, v in data.items() if k not in KNOWN_JSON_PAGE_KEYS},
     )
+    _report_duplicates(files, page, on_skip)
+    return page
+
+
+def _report_duplicates(
+    files: list[DistFile], page: ProjectPage, on_skip: SkipCallback | None
+) -> None:
+    """The model keeps the first file of each name; tell ``on_skip`` of the others."""
+    if on_skip is not None:
+        for _ in range(len(files) - len(page.files)):
+            on_skip(SKIP_DUPLICATE)
 
 
 def _json_file(entry: object, page_url: str, on_skip: SkipCallback | None) -> DistFile | None:
@@ -248,14 +239,14 @@ def _json_file(entry: object, page_url: str, on_skip: SkipCallback | None) -> Di
         return None
     filename = entry.get("filename")
     href = entry.get("url")
-    if not isinstance(filename, str) or not isinstance(href, str):
+    if not isinstance(filename, str) or not isinstance(href, str) or len(href) > MAX_URL:
         return None
     url = _resolve(page_url, href)  # PEP 691: relative URLs resolve like HTML's
     if url is None:
         if on_skip is not None:
             on_skip(SKIP_SCHEME)
         return None
-    if not _safe_filename(filename):
+    if not is_safe_filename(filename):
         return None
     return DistFile(
         filename=filename,
@@ -336,18 +327,164 @@ def _opt(value: object, kind: type[_T]) -> _T | None:
 # Project page, HTML (PEP 503 + 592/629/658/714/740/792, uv's data-size/upload-time)
 
 
-class _ProjectHtmlParser(_TolerantHTMLParser):
+# A linear scanner, not ``html.parser``: its recovery from a tag or comment left open
+# rescans the rest of the page for every "<" after it, so 400 KB of ``<a href="x"
+# data-y="`` kept a worker thread busy for two minutes. The regexes below are
+# ``html.parser``'s own (Python 3.11), so well-formed pages parse exactly as before; what
+# is left open at the end of the page (a tag, a comment) runs to the end, as in HTML5.
+_TAG_NAME = re.compile(r"([a-zA-Z][^\t\n\r\f />\x00]*)(?:\s|/(?!>))*")
+_ATTRIBUTE = re.compile(
+    r"((?<=['\"\s/])[^\s/>][^\s/=>]*)(\s*=+\s*"
+    r"('[^']*'|\"[^\"]*\"|(?!['\"])[^>\s]*))?(?:\s|/(?!>))*"
+)
+_START_TAG = re.compile(
+    r"""
+  <[a-zA-Z][^\t\n\r\f />\x00]*       # tag name
+  (?:[\s/]*                          # optional whitespace before attribute name
+    (?:(?<=['"\s/])[^\s/>][^\s/=>]*  # attribute name
+      (?:\s*=+\s*                    # value indicator
+        (?:'[^']*'                   # LITA-enclosed value
+          |"[^"]*"                   # LIT-enclosed value
+          |(?!['"])[^>\s]*           # bare value
+         )
+        \s*                          # possibly followed by a space
+       )?(?:\s|/(?!>))*
+     )*
+   )?
+  \s*                                # trailing whitespace
+""",
+    re.VERBOSE,
+)
+_END_TAG = re.compile(r"</\s*([a-zA-Z][-.a-zA-Z0-9:_]*)\s*>")
+_COMMENT_END = re.compile(r"--\s*>")
+_SECTION_NAME = re.compile(r"<!\[\s*([a-zA-Z]*)")
+_SECTION_END = re.compile(r"]\s*]\s*>")
+_MS_SECTION_END = re.compile(r"]\s*>")
+#: Elements whose content is raw text (no tags, no entities): what html.parser skips.
+_RAW_TEXT_END = {
+    "script": re.compile(r"</\s*script\s*>", re.IGNORECASE),
+    "style": re.compile(r"</\s*style\s*>", re.IGNORECASE),
+}
+
+
+class _ProjectHtmlScanner:
+    """What a project page says: ``<base href>``, ``<meta>`` tags and the anchors."""
+
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
         self.saw_markup = False
         self.base_href: str | None = None
         self.meta: dict[str, str] = {}
         self.anchors: list[tuple[dict[str, str | None], list[str]]] = []
         self._text: list[str] | None = None
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+    def scan(self, text: str) -> None:
+        pos, end = 0, len(text)
+        while pos < end:
+            lt = text.find("<", pos)
+            if lt < 0:
+                self._data(text[pos:])
+                break
+            if lt > pos:
+                self._data(text[pos:lt])
+            pos = self._markup(text, lt)
+
+    def _markup(self, text: str, i: int) -> int:
+        """Handle the construct at ``text[i] == "<"``; return where scanning goes on."""
+        end = len(text)
+        following = text[i + 1 : i + 2]
+        if text.startswith("<!--", i):
+            close = _COMMENT_END.search(text, i + 4)
+            return close.end() if close else end
+        if following == "!":
+            if text.startswith("<![", i):
+                section = _SECTION_NAME.match(text, i)
+                name = section[1].lower() if section else ""
+                closer = _MS_SECTION_END if name in ("if", "else", "endif") else _SECTION_END
+                close = closer.search(text, i + 3)
+                if close is not None:
+                    return close.end()
+            elif text[i + 2 : i + 9].lower() == "doctype":
+                self.saw_markup = True
+            gt = text.find(">", i + 2)  # a declaration, or a bogus comment
+            return gt + 1 if gt >= 0 else end
+        if following == "?":
+            gt = text.find(">", i + 2)
+            return gt + 1 if gt >= 0 else end
+        if following == "/":
+            return self._end_tag(text, i)
+        if following.isascii() and following.isalpha():
+            return self._start_tag(text, i)
+        self._data("<")
+        return i + 1
+
+    def _start_tag(self, text: str, i: int) -> int:
+        j = _START_TAG.match(text, i).end()  # type: ignore[union-attr]  # "<x" always matches
+        if text.startswith(">", j):
+            endpos = j + 1
+        elif text.startswith("/>", j):
+            endpos = j + 2
+        elif j >= len(text):
+            return j  # the page ends inside the tag: there is no tag
+        else:
+            endpos = j  # html.parser's "bogus input": the tag ends here (and is text)
+        name_match = _TAG_NAME.match(text, i + 1)
+        assert name_match is not None
+        tag = name_match[1].lower()
+        attrs: list[tuple[str, str | None]] = []
+        k = name_match.end()
+        while k < endpos:
+            attr = _ATTRIBUTE.match(text, k)
+            if attr is None:
+                break
+            attr_name, rest, value = attr.group(1, 2, 3)
+            if not rest:
+                value = None
+            elif value[:1] == "'" == value[-1:] or value[:1] == '"' == value[-1:]:
+                value = value[1:-1]
+            if value:
+                value = html.unescape(value)
+            attrs.append((attr_name.lower(), value))
+            k = attr.end()
+        closing = text[k:endpos].strip()
+        if closing not in (">", "/>"):
+            self._data(text[i:endpos])  # html.parser reads such a "tag" as text
+            return endpos
+        self._tag(tag, attrs)
+        if closing == "/>":
+            if tag == "a":
+                self._text = None
+            return endpos
+        raw_end = _RAW_TEXT_END.get(tag)
+        if raw_end is not None:  # script, style: raw text up to their end tag
+            close = raw_end.search(text, endpos)
+            return close.end() if close else len(text)
+        return endpos
+
+    def _end_tag(self, text: str, i: int) -> int:
+        gt = text.find(">", i + 1)
+        if gt < 0:
+            return len(text)  # the page ends inside the tag
+        match = _END_TAG.match(text, i)
+        if match is not None:
+            name = match[1]
+        else:
+            name_match = _TAG_NAME.match(text, i + 2)
+            if name_match is None:
+                return gt + 1  # "</>", or a bogus comment up to the next ">"
+            name = name_match[1]
+            gt = text.find(">", name_match.end())
+            if gt < 0:
+                gt = len(text) - 1
         self.saw_markup = True
-        attributes = _first_attrs(attrs)
+        if name.lower() == "a":
+            self._text = None
+        return gt + 1
+
+    def _tag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.saw_markup = True
+        attributes: dict[str, str | None] = {}
+        for key, value in attrs:
+            attributes.setdefault(key, value)  # HTML5: the first occurrence wins
         if tag == "a":
             self._text = []
             self.anchors.append((attributes, self._text))
@@ -360,17 +497,9 @@ class _ProjectHtmlParser(_TolerantHTMLParser):
             if name and content is not None:
                 self.meta.setdefault(name.strip().lower(), content)
 
-    def handle_endtag(self, tag: str) -> None:
-        self.saw_markup = True
-        if tag == "a":
-            self._text = None
-
-    def handle_decl(self, decl: str) -> None:
-        self.saw_markup = True
-
-    def handle_data(self, data: str) -> None:
+    def _data(self, data: str) -> None:
         if self._text is not None:
-            self._text.append(data)
+            self._text.append(html.unescape(data))
 
 
 def parse_project_html(
@@ -378,46 +507,45 @@ def parse_project_html(
 ) -> ProjectPage:
     """Parse a PEP 503 HTML project page; ``name`` is the normalised name requested.
 
-    ``on_skip`` hears of each link left out because its URL is not http(s).
+    ``on_skip`` hears of each link left out because its URL is not http(s), or because
+    an earlier link has its filename. Time is linear in the page's size.
     """
-    parser = _ProjectHtmlParser()
-    try:
-        parser.feed(_decode_html(body))
-        parser.close()
-    except AssertionError:  # html.parser internals; _TolerantHTMLParser should prevent it
-        raise PageParseError("unparseable HTML") from None
-    if not parser.saw_markup:
+    scanner = _ProjectHtmlScanner()
+    scanner.scan(_decode_html(body))
+    if not scanner.saw_markup:
         raise PageParseError("not an HTML page")
 
-    api_version = _api_version(parser.meta.get("pypi:repository-version"))
+    api_version = _api_version(scanner.meta.get("pypi:repository-version"))
     base = page_url
-    if parser.base_href:  # pip honours the first <base href>, so do we
+    if scanner.base_href:  # pip honours the first <base href>, so do we
         with contextlib.suppress(ValueError):
-            base = urljoin(page_url, parser.base_href.strip())
-    files = tuple(
+            base = urljoin(page_url, scanner.base_href.strip())
+    files = [
         dist
-        for attrs, text in parser.anchors
+        for attrs, text in scanner.anchors
         if (dist := _html_file(attrs, "".join(text), base, on_skip)) is not None
-    )
+    ]
     # PEP 792 HTML: pypi:project-status / pypi:project-status-reason meta tags.
     project_status: dict[str, Any] = {}
-    if (status := parser.meta.get("pypi:project-status")) is not None:
+    if (status := scanner.meta.get("pypi:project-status")) is not None:
         project_status["status"] = status
-    if (reason := parser.meta.get("pypi:project-status-reason")) is not None:
+    if (reason := scanner.meta.get("pypi:project-status-reason")) is not None:
         project_status["reason"] = reason
-    return ProjectPage(
+    page = ProjectPage(
         name=name,
-        files=files,
+        files=tuple(files),
         api_version=api_version,
         project_status=project_status or None,
     )
+    _report_duplicates(files, page, on_skip)
+    return page
 
 
 def _html_file(
     attrs: dict[str, str | None], text: str, base: str, on_skip: SkipCallback | None
 ) -> DistFile | None:
     href = attrs.get("href")
-    if not href or not href.strip():
+    if not href or not href.strip() or len(href) > MAX_URL:
         return None
     url = _resolve(base, href)
     if url is None:
@@ -426,7 +554,7 @@ def _html_file(
         return None
     # PEP 503: the filename is the URL's last path segment (pip and uv read it there).
     filename = unquote(urlsplit(url).path.rpartition("/")[2]) or text.strip()
-    if not _safe_filename(filename):
+    if not is_safe_filename(filename):
         return None
 
     yanked: bool | str = False

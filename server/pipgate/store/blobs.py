@@ -29,8 +29,8 @@ TEMP_GRACE = 600.0
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
-#: Hash algorithms pip accepts in a link fragment, strongest first. When upstream
-#: publishes no sha256, the strongest one it does publish is verified.
+#: Hash algorithms pip accepts in a link fragment, strongest first. Every one upstream
+#: publishes is verified (a page could pair a right md5 with a wrong sha256: both count).
 VERIFIABLE = ("sha512", "sha384", "sha256", "sha224", "sha1", "md5")
 
 
@@ -84,9 +84,29 @@ class BlobStore:
         """The lock file held (shared) while the blob is being sent."""
         return self.locks / f"{sha256}.use"
 
+    def readers_path(self, key: str) -> Path:
+        """Touched by workers that follow another's download of ``key`` and still send
+        its bytes to a client."""
+        return self.locks / f"{key}.readers"
+
     def free_bytes(self) -> int:
         """Free space on the cache's filesystem."""
         return shutil.disk_usage(self.tmp).free
+
+    def free_and_reserved(self, key: str) -> tuple[int, int]:
+        """Free space, and the bytes the downloads in flight (in every worker) still
+        need to finish, except ``key``'s own: what a new download may count on is the
+        difference."""
+        reserved = 0
+        with contextlib.suppress(OSError):
+            for part in self.tmp.glob("*.part"):
+                if part.stem == key:
+                    continue
+                state = DownloadLock.read_state(self.download_lock_path(part.stem)) or {}
+                size = state.get("size")
+                if state.get("state") == "running" and isinstance(size, int):
+                    reserved += max(0, size - _size(part))
+        return self.free_bytes(), reserved
 
     def path(self, sha256: str) -> Path:
         """Where the blob with this sha256 lives (whether or not it exists)."""
@@ -178,20 +198,22 @@ class BlobWriter:
         self.expected_size = expected_size
         self.path = path or store.tmp / f"{uuid.uuid4().hex}.tmp"
         self._file = open(self.path, "wb")  # noqa: SIM115 - closed in commit/discard
+        # sha256 is always computed (blobs are named by it); every other published
+        # algorithm pipgate knows is computed and checked too.
         self._sha256 = hashlib.sha256()
-        # Verify the strongest published algorithm; sha256 is always computed for naming.
-        self._check_name = next((n for n in VERIFIABLE if n in self.expected), None)
-        self._check = (
-            hashlib.new(self._check_name) if self._check_name not in (None, "sha256") else None
-        )
+        self._checks = {
+            name: hashlib.new(name)
+            for name in VERIFIABLE
+            if name in self.expected and name != "sha256"
+        }
         self.written = 0
 
     def write(self, chunk: bytes) -> None:
         """Append and hash a chunk."""
         self._file.write(chunk)
         self._sha256.update(chunk)
-        if self._check is not None:
-            self._check.update(chunk)
+        for check in self._checks.values():
+            check.update(chunk)
         self.written += len(chunk)
 
     def flush(self) -> None:
@@ -208,13 +230,13 @@ class BlobWriter:
                 "truncated", f"got {self.written} bytes, expected {self.expected_size}"
             )
         sha256 = self._sha256.hexdigest()
-        verified = self._check_name is not None
-        if self._check_name == "sha256" and sha256 != self.expected["sha256"]:
+        verified = "sha256" in self.expected or bool(self._checks)
+        if "sha256" in self.expected and sha256 != self.expected["sha256"]:
             raise IntegrityError("hash_mismatch", f"sha256 {sha256} != published")
-        if self._check is not None and self._check_name is not None:
-            actual = self._check.hexdigest()
-            if actual != self.expected[self._check_name]:
-                raise IntegrityError("hash_mismatch", f"{self._check_name} {actual} != published")
+        for name, check in self._checks.items():
+            actual = check.hexdigest()
+            if actual != self.expected[name]:
+                raise IntegrityError("hash_mismatch", f"{name} {actual} != published")
         final = self._store.path(sha256)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.path, final)
@@ -227,6 +249,13 @@ class BlobWriter:
             self._file.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _mtime(path: Path) -> float:

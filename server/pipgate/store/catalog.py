@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import diskcache
+
+log = logging.getLogger("pipgate.catalog")
 
 
 @dataclass(frozen=True)
@@ -76,10 +79,27 @@ LEGACY_PREFIXES = ("page:", "model:")
 LEGACY_KEYS = ("root",)
 
 
-class Catalog:
-    """Async facade over one diskcache ``Cache`` in ``<cache>/catalog``."""
+#: Tag of remembered upstream 404s (pruned as a group, see :meth:`Catalog.put_page_now`).
+NEGATIVE_TAG = "negative"
 
-    def __init__(self, cache_dir: Path) -> None:
+
+class Catalog:
+    """Async facade over one diskcache ``Cache`` in ``<cache>/catalog``.
+
+    Remembered 404s are bounded: each expires after ``negative_retention`` seconds, and
+    beyond ``max_negative`` of them all are forgotten at once (a scan of random names
+    costs one record each; forgetting one costs one upstream request later).
+    """
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        *,
+        max_negative: int = 100_000,
+        negative_retention: float = 86400.0,
+    ) -> None:
+        self._max_negative = max_negative
+        self._negative_retention = negative_retention
         directory = cache_dir / "catalog"
         legacy = cache_dir / "index"
         if not directory.exists() and legacy.is_dir():
@@ -120,15 +140,51 @@ class Catalog:
         self, source: str, project: str, record: PageRecord, model: bytes | None
     ) -> None:
         """Blocking :meth:`put_page`."""
+        key = f"page/{source}/{project}"
+        if record.status != 200:
+            self._put_negative(key, record)
+            return
         with self._cache.transact():
             if model is not None:
                 self._cache.set(f"model/{source}/{project}", model)
-            self._cache.set(f"page/{source}/{project}", asdict(record))
+            self._cache.set(key, asdict(record))
+
+    def _put_negative(self, key: str, record: PageRecord) -> None:
+        with self._cache.transact():
+            previous = self._cache.get(key, tag=True)
+            was_negative = isinstance(previous, tuple) and previous[1] == NEGATIVE_TAG
+            self._cache.set(
+                key, asdict(record), expire=self._negative_retention, tag=NEGATIVE_TAG
+            )
+            count = self._cache.get("negative_count", 0) if was_negative else self._cache.incr(
+                "negative_count"
+            )
+        if count > self._max_negative:
+            forgotten = self._cache.evict(NEGATIVE_TAG)
+            self._cache.set("negative_count", 0)
+            log.warning(
+                "forgot %d remembered upstream 404s (over limits.max_negative_entries %d)",
+                forgotten,
+                self._max_negative,
+            )
+
+    def negative_entries(self) -> int:
+        """About how many upstream 404s are remembered (expired ones may still count)."""
+        return int(self._cache.get("negative_count", 0))
 
     def get_page_now(self, source: str, project: str) -> PageRecord | None:
         """Blocking :meth:`get_page`."""
         raw = self._cache.get(f"page/{source}/{project}")
         return PageRecord(**raw) if raw else None
+
+    def forget_page_now(self, source: str, project: str) -> bool:
+        """Drop the cached page (or remembered 404) of ``project`` in ``source``, so the
+        next request asks upstream (blocking); whether there was one. First-seen times
+        stay: they are the cooldown's clock."""
+        with self._cache.transact():
+            found = self._cache.delete(f"page/{source}/{project}")
+            self._cache.delete(f"model/{source}/{project}")
+        return bool(found)
 
     async def first_seen(
         self, source: str, project: str, filenames: list[str], now: float

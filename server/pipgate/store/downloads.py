@@ -49,8 +49,13 @@ FOLLOW_POLL = 0.02
 FOLLOW_START_TIMEOUT = 60.0
 #: After a disk-full or unwritable-cache error, new downloads pass through this long.
 DEGRADED_SECONDS = 60.0
-#: Free space kept beyond a file's size before caching it.
+#: Free space kept beyond a file's size (and the rest of the downloads in flight).
 FREE_SPACE_RESERVE = 64 << 20
+#: A download nobody reads (here or in another worker) stops after this long: a client
+#: that gave up costs the upstream no more than this, one that retries at once rejoins.
+ABANDON_GRACE = 30.0
+#: How often a follower in another worker says it still reads (``<key>.readers``).
+READER_BEAT = 1.0
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _UNWRITABLE = (errno.EACCES, errno.EROFS, errno.EPERM)
 
@@ -106,8 +111,12 @@ class Download:
         on_failure: OnFailure,
         on_unavailable: Callable[[Reason], None],
         label: str = "",
+        max_size: int = 0,
     ) -> None:
         self.key = key
+        #: Largest body accepted when neither upstream nor the page says the size
+        #: (0: no limit); a body past its known size is cut either way.
+        self._max_size = max_size
         #: What the logs call this download (``project/filename``).
         self.label = label or key
         self._fetch_body = fetch
@@ -129,6 +138,9 @@ class Download:
         self.owner = False
         self._started = asyncio.Event()
         self._progress = asyncio.Event()
+        #: Readers of this process sending its bytes now, and since when there is none.
+        self.readers = 0
+        self._unread_since = time.monotonic()
 
     # --- outcome for readers ---------------------------------------------------------------
 
@@ -151,6 +163,7 @@ class Download:
         """
         pos = start
         handle: BinaryIO | None = None
+        self.readers += 1
         try:
             while True:
                 if self.state is State.FAILED:
@@ -183,8 +196,20 @@ class Download:
                 else:
                     await self._progress.wait()
         finally:
+            self.readers -= 1
+            if self.readers == 0:
+                self._unread_since = time.monotonic()
             if handle is not None:
                 handle.close()
+
+    def _abandoned(self) -> bool:
+        """Whether nobody has read this download for :data:`ABANDON_GRACE` seconds,
+        here or in another worker (followers refresh ``<key>.readers``)."""
+        now = time.monotonic()
+        if self.readers or now - self._unread_since < ABANDON_GRACE:
+            return False
+        beat = _mtime(self._store.readers_path(self.key))
+        return time.time() - beat > ABANDON_GRACE
 
     async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Bytes ``[start, end)`` as they become available (see :meth:`segments`)."""
@@ -249,15 +274,24 @@ class Download:
         try:
             async with self._fetch_body() as body:
                 size = body.size if body.size is not None else self._expected_size
+                bound = self._bound(body.size)
                 writer = await self._open_writer(size)
                 self.size = size
                 state = {"token": token, "state": "running", "size": size}
                 await asyncio.to_thread(lock.write_state, state)
                 self._started.set()
                 async for chunk in body.chunks():
+                    if bound is not None and writer.written + len(chunk) > bound:
+                        raise UpstreamError(
+                            Reason.TOO_LARGE, f"body runs past {bound} bytes (its known size)"
+                        )
                     await self._write(writer, chunk)
                     self.written = writer.written
                     self._notify()
+                    if self._abandoned():
+                        raise UpstreamError(
+                            Reason.OTHER, "no client reads this download any more: stopped"
+                        )
             if self.size is not None and writer.written < self.size:
                 raise UpstreamError(
                     Reason.TRUNCATED, f"body ended after {writer.written} of {self.size} bytes"
@@ -284,11 +318,32 @@ class Download:
             self._metrics.inflight_downloads.dec()
             if writer is not None:
                 await asyncio.to_thread(writer.discard)
+            await asyncio.to_thread(self._store.readers_path(self.key).unlink, missing_ok=True)
+
+    def _bound(self, declared: int | None) -> int | None:
+        """The most bytes this body may have: the smaller of the size upstream declared
+        and the one the page published, else ``max_size``. Raises when a known size is
+        over ``max_size``."""
+        known = [s for s in (declared, self._expected_size) if s is not None]
+        if self._max_size and any(s > self._max_size for s in known):
+            raise UpstreamError(
+                Reason.TOO_LARGE,
+                f"{max(known)} bytes is over limits.max_file_size ({self._max_size} bytes)",
+            )
+        if known:
+            return min(known)
+        return self._max_size or None
 
     async def _open_writer(self, size: int | None) -> BlobWriter:
-        free = await asyncio.to_thread(self._store.free_bytes)
-        if size is not None and free < size + FREE_SPACE_RESERVE:
-            raise self._storage_error(OSError(errno.ENOSPC, "not enough free space"))
+        free, reserved = await asyncio.to_thread(self._store.free_and_reserved, self.key)
+        if size is not None and free - reserved < size + FREE_SPACE_RESERVE:
+            raise self._storage_error(
+                OSError(
+                    errno.ENOSPC,
+                    f"not enough free space ({free} bytes free, {reserved} of them "
+                    "promised to downloads in flight)",
+                )
+            )
         try:
             return await asyncio.to_thread(self._store.writer, self._expected, size, self.temp_path)
         except OSError as exc:
@@ -324,6 +379,7 @@ class Download:
         token = state["token"]
         self.size = state.get("size")
         self._started.set()
+        beat = 0.0
         while True:
             if state.get("token") not in (None, token):
                 if self.written:
@@ -350,6 +406,10 @@ class Download:
             if size is not None and size > self.written:
                 self.written = size
                 self._notify()
+            if self.readers and time.monotonic() - beat >= READER_BEAT:
+                # Tell the owner in the other worker that its bytes are still wanted.
+                beat = time.monotonic()
+                await asyncio.to_thread(_touch, self._store.readers_path(self.key))
             if not await asyncio.to_thread(DownloadLock.is_held, lock_path):
                 # The owner ended: done (state says so on the next read) or failed/died.
                 state = await asyncio.to_thread(DownloadLock.read_state, lock_path) or {}
@@ -388,22 +448,25 @@ class PassThrough:
         expected: Mapping[str, str],
         size: int | None,
         on_failure: OnFailure,
+        slot: Callable[[], AbstractAsyncContextManager[None]] | None = None,
     ) -> None:
         self.size = size
+        #: Held while the stream runs: it is an upstream download like any other.
+        self._slot = slot or contextlib.nullcontext
         self._fetch_body = fetch
         self._expected = {k.lower(): v.lower() for k, v in expected.items()}
         self._on_failure = on_failure
 
     async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """The whole file (ranges are not offered), last chunk held until verified."""
-        name = next((n for n in VERIFIABLE if n in self._expected), None)
-        digest = hashlib.new(name) if name else None
+        """The whole file (ranges are not offered), last chunk held until verified
+        against every published hash."""
+        digests = {n: hashlib.new(n) for n in VERIFIABLE if n in self._expected}
         pending = b""
         received = 0
         try:
-            async with self._fetch_body() as body:
+            async with self._slot(), self._fetch_body() as body:
                 async for chunk in body.chunks():
-                    if digest is not None:
+                    for digest in digests.values():
                         digest.update(chunk)
                     received += len(chunk)
                     if pending:
@@ -415,8 +478,12 @@ class PassThrough:
         error = None
         if self.size is not None and received != self.size:
             error = UpstreamError(Reason.TRUNCATED, f"got {received} of {self.size} bytes")
-        elif digest is not None and name is not None and digest.hexdigest() != self._expected[name]:
-            error = UpstreamError(Reason.HASH_MISMATCH, f"{name} differs from the published one")
+        else:
+            wrong = [n for n, d in digests.items() if d.hexdigest() != self._expected[n]]
+            if wrong:
+                error = UpstreamError(
+                    Reason.HASH_MISMATCH, f"{', '.join(wrong)} differs from the published one"
+                )
         if error is not None:
             self._on_failure(error)
             raise error
@@ -427,6 +494,18 @@ class PassThrough:
 def _append(writer: BlobWriter, chunk: bytes) -> None:
     writer.write(chunk)
     writer.flush()
+
+
+def _touch(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.touch()
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _file_size(path: Path) -> int | None:
@@ -444,9 +523,10 @@ def _existing(store: BlobStore, sha256: str) -> Committed:
 class DownloadManager:
     """At most one :class:`Download` per file key in this process."""
 
-    def __init__(self, store: BlobStore, metrics: Metrics) -> None:
+    def __init__(self, store: BlobStore, metrics: Metrics, *, max_file_size: int = 0) -> None:
         self._store = store
         self._metrics = metrics
+        self._max_file_size = max_file_size
         self._active: dict[str, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._degraded_until = 0.0
@@ -471,8 +551,10 @@ class DownloadManager:
         on_failure: OnFailure,
         *,
         label: str = "",
+        on_end: Callable[[], Awaitable[None]] | None = None,
     ) -> tuple[Download, bool]:
-        """The running download of ``key``, or a new one; the flag says if it is new."""
+        """The running download of ``key``, or a new one; the flag says if it is new.
+        ``on_end`` runs when a new one ends (its slot is given back there)."""
         current = self._active.get(key)
         if current is not None:
             return current, False
@@ -487,9 +569,10 @@ class DownloadManager:
             on_failure=on_failure,
             on_unavailable=self._mark_unavailable,
             label=label,
+            max_size=self._max_file_size,
         )
         self._active[key] = download
-        task = asyncio.create_task(self._run(download), name=f"download:{key}")
+        task = asyncio.create_task(self._run(download, on_end), name=f"download:{key}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return download, True
@@ -498,11 +581,15 @@ class DownloadManager:
         """The download of ``key`` in progress in this process, if any."""
         return self._active.get(key)
 
-    async def _run(self, download: Download) -> None:
+    async def _run(
+        self, download: Download, on_end: Callable[[], Awaitable[None]] | None
+    ) -> None:
         try:
             await download.run()
         finally:
             self._active.pop(download.key, None)
+            if on_end is not None:
+                await on_end()
 
     async def close(self) -> None:
         """Cancel running downloads (shutdown); their temp files are removed."""

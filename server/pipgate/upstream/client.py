@@ -29,7 +29,7 @@ from urllib.parse import urljoin
 import aiofiles
 import aiohttp
 
-from pipgate.config import UpstreamConfig, origin_of
+from pipgate.config import Config, UpstreamConfig, origin_of
 from pipgate.errors import Reason, UpstreamError, classify, reason_for_status
 from pipgate.logs import request_id
 from pipgate.metrics import Metrics
@@ -40,8 +40,6 @@ from pipgate.upstream.proxy import Proxy, ProxyChooser, basic_authorization
 
 log = logging.getLogger("pipgate.upstream")
 
-#: Project pages above this size are refused (``too_large``): torch's page is ~5 MB.
-MAX_PAGE_BYTES = 128 << 20
 #: PEP 658 metadata files above this size are refused.
 MAX_METADATA_BYTES = 16 << 20
 #: Longest ``Retry-After`` pipgate waits out inside one client request.
@@ -75,6 +73,21 @@ LIST_ACCEPT = (
     "application/vnd.pypi.simple.v1+html, text/html;q=0.9, "
     "application/vnd.pypi.simple.v1+json;q=0.5"
 )
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """The server-wide bounds on what one fetch may bring (``[limits]``)."""
+
+    #: Largest page body, counted after decompression (a gzip bomb counts in full).
+    max_page_size: int = 64 << 20
+    #: Largest project list body, after decompression, and its total fetch time.
+    max_list_size: int = 512 << 20
+    list_timeout: float = 600.0
+
+    @classmethod
+    def of(cls, config: Config) -> ClientLimits:
+        return cls(config.max_page_size, config.max_list_size, config.list_timeout)
 
 
 @dataclass(frozen=True)
@@ -115,16 +128,28 @@ class UpstreamClient:
     """One upstream simple index reached over one aiohttp session."""
 
     def __init__(
-        self, upstream: UpstreamConfig, metrics: Metrics, *, offline: bool = False
+        self,
+        upstream: UpstreamConfig,
+        metrics: Metrics,
+        *,
+        offline: bool = False,
+        limits: ClientLimits | None = None,
     ) -> None:
         self.config = upstream
+        self.limits = limits or ClientLimits()
         #: Offline: no request ever leaves (the page pipeline asks for none; this is
         #: the guarantee).
         self.offline = offline
         self.name = upstream.name
         self.index_url = upstream.url
         self.metrics = metrics
+        #: Pages, metadata and project lists; files have a session (and pool) of their
+        #: own, so slow downloads never starve page fetches.
         self._session: aiohttp.ClientSession | None = None
+        self._file_session: aiohttp.ClientSession | None = None
+        #: A page fetch waits here for a pooled connection, before its timeouts start:
+        #: waiting for a slot never looks like a slow (or down) upstream.
+        self._page_slots = asyncio.Semaphore(upstream.page_connections)
         self.proxies = ProxyChooser(
             upstream.proxy,
             auth=upstream.secrets.proxy_auth,
@@ -146,6 +171,11 @@ class UpstreamClient:
         self._file_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=upstream.connect_timeout, sock_read=upstream.read_timeout
         )
+        self._list_timeout = aiohttp.ClientTimeout(
+            total=self.limits.list_timeout,
+            sock_connect=upstream.connect_timeout,
+            sock_read=upstream.read_timeout,
+        )
         metrics.initialise(self.name)
 
     async def start(self) -> None:
@@ -158,29 +188,47 @@ class UpstreamClient:
                 "anyone on the path can serve forged packages",
                 self.name,
             )
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=64, ttl_dns_cache=60, ssl=build_ssl_context(self.config)
-            ),
-            # Proxies and NO_PROXY are decided by ProxyChooser from the config.
-            trust_env=False,
-            headers={"User-Agent": "pipgate"},
-        )
+        if self._sends_credentials_in_clear():
+            log.warning(
+                "upstream %s is plain http and pipgate sends it credentials: anyone on "
+                "the path can read them; use https",
+                self.name,
+            )
+        tls = build_ssl_context(self.config)
+        self._session = self._new_session(tls, self.config.page_connections)
+        self._file_session = self._new_session(tls, self.config.file_connections)
         for proxy in self.proxies.proxies:
             self.metrics.proxy_up.labels(proxy=proxy.label).set(1)
         self.metrics.upstream_up.labels(upstream=self.name).set(1)
 
-    async def close(self) -> None:
-        """Close the session and its pooled connections."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+    @staticmethod
+    def _new_session(tls: ssl.SSLContext, connections: int) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections, ttl_dns_cache=60, ssl=tls),
+            # Proxies and NO_PROXY are decided by ProxyChooser from the config.
+            trust_env=False,
+            # An index has no business setting cookies; none are kept or sent back.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": "pipgate"},
+        )
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def _sends_credentials_in_clear(self) -> bool:
+        secrets = self.config.secrets
+        return bool(secrets.basic_auth or secrets.token) and self.index_url.startswith("http:")
+
+    async def close(self) -> None:
+        """Close the sessions and their pooled connections."""
+        for session in (self._session, self._file_session):
+            if session is not None:
+                await session.close()
+        self._session = self._file_session = None
+
+    def session(self, kind: str) -> aiohttp.ClientSession:
+        """The session for requests of ``kind`` (files and lists: the file pool)."""
+        session = self._file_session if kind in ("file", "root") else self._session
+        if session is None:
             raise RuntimeError("UpstreamClient.start() was not awaited")
-        return self._session
+        return session
 
     @property
     def is_down(self) -> bool:
@@ -217,7 +265,25 @@ class UpstreamClient:
         auto_decompress: bool = True,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """GET ``url``, following redirects hop by hop; each hop must stay on the
-        upstream's origins and never go from https to http."""
+        upstream's origins and never go from https to http. Pages and metadata first
+        wait for a slot of their pool (outside every timeout)."""
+        slots = self._page_slots if kind in ("page", "metadata") else None
+        if slots is None:
+            async with self._follow(url, kind, headers, timeouts, auto_decompress) as resp:
+                yield resp
+            return
+        async with slots, self._follow(url, kind, headers, timeouts, auto_decompress) as resp:
+            yield resp
+
+    @asynccontextmanager
+    async def _follow(
+        self,
+        url: str,
+        kind: str,
+        headers: dict[str, str],
+        timeouts: aiohttp.ClientTimeout,
+        auto_decompress: bool,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
         current = url
         for _hop in range(MAX_REDIRECTS + 1):
             resp = await self._send(
@@ -275,7 +341,7 @@ class UpstreamClient:
                     request_headers = {**headers, "Proxy-Authorization": proxy.authorization}
             started = time.monotonic()
             try:
-                resp = await self.session.get(
+                resp = await self.session(kind).get(
                     url,
                     headers=request_headers,
                     timeout=timeouts,
@@ -387,7 +453,7 @@ class UpstreamClient:
                         last_modified=resp.headers.get("Last-Modified", last_modified),
                     )
                 _raise_for_status(resp)
-                body = await _read_limited(resp, MAX_PAGE_BYTES, "page")
+                body = await _read_limited(resp, self.limits.max_page_size, "page")
                 return PageFetch(
                     status=200,
                     url=str(resp.url),
@@ -408,20 +474,32 @@ class UpstreamClient:
         last_modified: str | None = None,
         accept: str = LIST_ACCEPT,
     ) -> PageFetch:
-        """GET a (large) page straight into ``path`` without holding it in memory."""
+        """GET a (large) page straight into ``path`` without holding it in memory,
+        within ``limits.max_list_size`` (after decompression) and ``list_timeout``."""
         headers = _conditional({"Accept": accept}, etag, last_modified)
+        limit = self.limits.max_list_size
 
         async def attempt() -> PageFetch:
             async with self._get(
-                url, kind="root", headers=headers, timeouts=self._file_timeout
+                url, kind="root", headers=headers, timeouts=self._list_timeout
             ) as resp:
                 if resp.status in (404, 410):
                     return PageFetch(status=404, url=str(resp.url))
                 if resp.status == 304:
                     return PageFetch(status=304, url=str(resp.url), etag=etag)
                 _raise_for_status(resp)
+                declared = resp.content_length
+                if declared is not None and declared > limit:
+                    raise UpstreamError(Reason.TOO_LARGE, f"project list of {declared} bytes")
+                written = 0
                 async with aiofiles.open(path, "wb") as out:
                     async for chunk in resp.content.iter_chunked(1 << 18):
+                        written += len(chunk)
+                        if written > limit:
+                            raise UpstreamError(
+                                Reason.TOO_LARGE,
+                                f"project list larger than limits.max_list_size ({limit} bytes)",
+                            )
                         await out.write(chunk)
                 return PageFetch(
                     status=200,
@@ -713,7 +791,9 @@ async def _read_limited(resp: aiohttp.ClientResponse, limit: int, what: str) -> 
     async for chunk in resp.content.iter_chunked(1 << 16):
         body += chunk
         if len(body) > limit:
-            raise UpstreamError(Reason.TOO_LARGE, f"{what} larger than the limit")
+            raise UpstreamError(
+                Reason.TOO_LARGE, f"{what} larger than the limit of {limit} bytes (decompressed)"
+            )
     return bytes(body)
 
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from pipgate.config import Config
 from pipgate.metrics import Metrics
-from pipgate.upstream.client import UpstreamClient
+from pipgate.upstream.client import ClientLimits, UpstreamClient
 from pipgate.upstream.local import LocalIndexClient
 
 
@@ -14,9 +14,10 @@ class Upstreams:
     """Name -> :class:`UpstreamClient`, in configuration order (the default route)."""
 
     def __init__(self, config: Config, metrics: Metrics) -> None:
+        limits = ClientLimits.of(config)
         self._clients = {
             u.name: (LocalIndexClient if u.url.startswith("file:") else UpstreamClient)(
-                u, metrics, offline=config.offline
+                u, metrics, offline=config.offline, limits=limits
             )
             for u in config.upstreams
         }

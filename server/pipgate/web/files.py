@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -22,6 +23,7 @@ from aiohttp import web
 from pipgate.audit import AuditRecord
 from pipgate.errors import UpstreamError
 from pipgate.files.service import METADATA_SUFFIX, Served
+from pipgate.limits import Limited
 from pipgate.links import is_file_key, is_safe_filename
 from pipgate.pages.source import NotOffered
 from pipgate.simple.names import is_valid_name, normalize
@@ -30,7 +32,7 @@ from pipgate.store.downloads import Download
 from pipgate.store.locks import acquire_shared
 from pipgate.useragent import parse_user_agent
 from pipgate.web.http import content_type_for, text_error, upstream_error
-from pipgate.web.middleware import REQUEST_ID
+from pipgate.web.middleware import REQUEST_ID, USER, client_address, limited
 from pipgate.web.ranges import (
     UNSATISFIABLE,
     ByteRange,
@@ -44,7 +46,9 @@ log = logging.getLogger("pipgate.web")
 
 #: Files are immutable under their content-addressed URL.
 IMMUTABLE = "public, max-age=31536000, immutable"
-FALLBACK_CHUNK = 256 * 1024
+#: Bytes handed to the kernel per step of a body; each step must finish within
+#: ``server.send_timeout`` (so the slowest client kept is ~1 MiB per send_timeout).
+SEND_STEP = 1 << 20
 
 
 async def file(request: web.Request) -> web.StreamResponse:
@@ -87,6 +91,9 @@ async def file(request: web.Request) -> web.StreamResponse:
     except UpstreamError as exc:
         status, reason = exc.client_status, exc.reason.value
         return upstream_error(exc)
+    except Limited as exc:
+        status, reason = exc.status, exc.limit
+        return limited(exc)
     finally:
         info = parse_user_agent(request.headers.get("User-Agent"))
         svc.audit.record(
@@ -107,6 +114,7 @@ async def file(request: web.Request) -> web.StreamResponse:
                 complete=sent.complete,
                 reason=reason or sent.reason,
                 request_id=request.get(REQUEST_ID),
+                user=request.get(USER),
             )
         )
 
@@ -122,18 +130,19 @@ class Sent:
     reason: str | None = None
 
 
-def client_address(request: web.Request, trust_forwarded: bool) -> str:
-    """The client's address; behind a trusted reverse proxy, the first of
-    ``X-Forwarded-For``."""
-    if trust_forwarded:
-        forwarded = request.headers.get("X-Forwarded-For", "").split(",")[0].strip()
-        if (
-            forwarded
-            and len(forwarded) <= 64
-            and all(c.isalnum() or c in ".:[]" for c in forwarded)
-        ):
-            return forwarded
-    return request.remote or "-"
+def _etag(served: Served) -> str | None:
+    """The file's sha256 as its ETag: strong for a verified blob, weak for bytes still
+    arriving.
+
+    Bytes streamed from a download in flight are not yet verified. Should the download
+    fail, the client holds wrong bytes under this tag; a strong tag would let it resume
+    them with ``If-Range`` and join them to right ones into a complete, wrong file. A
+    weak tag never satisfies ``If-Range`` (RFC 9110 §13.1.5), so such a resume gets the
+    whole file again (``bench/chaos.py`` found this).
+    """
+    if not served.sha256:
+        return None
+    return f'"{served.sha256}"' if served.path is not None else f'W/"{served.sha256}"'
 
 
 async def send(
@@ -142,7 +151,7 @@ async def send(
     """Answer ``request`` with ``served``, honouring conditional and range headers;
     ``sent`` learns how much of the body went out."""
     sent = sent if sent is not None else Sent()
-    etag = f'"{served.sha256}"' if served.sha256 else None
+    etag = _etag(served)
     headers = {
         "Content-Type": content_type_for(served.filename),
         "Accept-Ranges": "bytes",
@@ -176,7 +185,28 @@ async def send(
         response.content_length = size
     start = selected.first if selected else 0
     end = selected.last + 1 if selected else None
+    try:
+        return await _send_body(request, response, served, start, end, sent)
+    except ConnectionError:
+        return _client_left(request, response)
 
+
+def _client_left(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """The client went away or stopped reading mid-body: the connection is cut and
+    the response returned as it is, so aiohttp neither logs an error nor counts a 500."""
+    _abort(request)
+    return response
+
+
+async def _send_body(
+    request: web.Request,
+    response: web.StreamResponse,
+    served: Served,
+    start: int,
+    end: int | None,
+    sent: Sent,
+) -> web.StreamResponse:
+    size = served.size
     if request.method == "HEAD":
         await response.prepare(request)
         await response.write_eof()
@@ -264,7 +294,7 @@ async def _send_stream(
                     sent += count
         else:
             async for chunk in served.stream.read(start, end):
-                await response.write(chunk)
+                await write_within_deadline(request, response, chunk)
                 sent += len(chunk)
     except UpstreamError as exc:
         log.warning(
@@ -312,7 +342,10 @@ async def send_file_path(
         await response.prepare(request)
         await response.write_eof()
         return response
-    await _sendfile(request, response, path, 0, size)
+    try:
+        await _sendfile(request, response, path, 0, size)
+    except ConnectionError:
+        return _client_left(request, response)
     return response
 
 
@@ -335,27 +368,52 @@ async def _sendfile_range(
     offset: int,
     count: int,
 ) -> None:
-    """Send ``count`` bytes of ``handle`` from ``offset`` (zero-copy where possible)."""
+    """Send ``count`` bytes of ``handle`` from ``offset`` (zero-copy where possible),
+    :data:`SEND_STEP` bytes at a time, each within ``server.send_timeout``: a client
+    that stops reading is cut off instead of holding the file and its socket."""
     transport = request.transport
     if transport is None or transport.is_closing():
         raise ConnectionResetError("client went away")
-    if count <= 0:
-        return
-    try:
-        await asyncio.get_running_loop().sendfile(transport, handle, offset, count)
-    except NotImplementedError:
-        await _copy(response, handle, offset, count)
-
-
-async def _copy(response: web.StreamResponse, handle: BinaryIO, offset: int, count: int) -> None:
+    loop = asyncio.get_running_loop()
     done = 0
     while done < count:
-        size = min(FALLBACK_CHUNK, count - done)
-        chunk = await asyncio.to_thread(os.pread, handle.fileno(), size, offset + done)
-        if not chunk:
-            break
+        step = min(SEND_STEP, count - done)
+        async with _send_deadline(request):
+            try:
+                await loop.sendfile(transport, handle, offset + done, step)
+            except NotImplementedError:
+                chunk = await asyncio.to_thread(os.pread, handle.fileno(), step, offset + done)
+                if not chunk:
+                    raise ConnectionResetError("file shrank while sent") from None
+                await response.write(chunk)
+        done += step
+
+
+async def write_within_deadline(
+    request: web.Request, response: web.StreamResponse, chunk: bytes
+) -> None:
+    """``response.write`` bounded by ``server.send_timeout``."""
+    async with _send_deadline(request):
         await response.write(chunk)
-        done += len(chunk)
+
+
+@contextlib.asynccontextmanager
+async def _send_deadline(request: web.Request) -> AsyncIterator[None]:
+    """Abort the connection when the block (one step of a body) outlasts
+    ``server.send_timeout``; counted as limit ``send_timeout``."""
+    svc = services(request)
+    try:
+        async with asyncio.timeout(svc.config.send_timeout):
+            yield
+    except TimeoutError:
+        svc.metrics.limited.labels(limit="send_timeout").inc()
+        log.warning(
+            "client %s took no bytes for %.0f s: connection cut",
+            request.remote,
+            svc.config.send_timeout,
+        )
+        _abort(request)
+        raise ConnectionResetError("client stopped reading") from None
 
 
 def _abort(request: web.Request) -> None:

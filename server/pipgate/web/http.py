@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 
 from aiohttp import web
@@ -26,21 +27,28 @@ def wants_revalidation(cache_control: str | None, pragma: str | None = None) -> 
     return False
 
 
+#: RFC 9110 §12.4.2 qvalue: 0 to 1 with at most three decimals, ASCII digits only.
+_QVALUE = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)\Z")
+
+
 def accepts_gzip(accept_encoding: str | None) -> bool:
-    """Whether ``Accept-Encoding`` allows gzip (with q > 0)."""
+    """Whether ``Accept-Encoding`` allows gzip (with q > 0).
+
+    A malformed ``q`` (``nan``, ``1e400``, ``-1``) makes that item unacceptable rather
+    than acceptable: identity is always safe to send.
+    """
     if not accept_encoding:
         return False
     for item in accept_encoding.split(","):
-        coding, _, params = item.strip().partition(";")
+        coding, *params = item.split(";")
         if coding.strip().lower() not in ("gzip", "x-gzip"):
             continue
-        q = params.strip().lower()
-        if q.startswith("q="):
-            try:
-                return float(q[2:]) > 0
-            except ValueError:
-                return False
-        return True
+        q = "1"
+        for param in params:
+            name, eq, value = param.partition("=")
+            if eq and name.strip().lower() == "q":
+                q = value.strip()
+        return bool(_QVALUE.match(q)) and float(q) > 0
     return False
 
 
@@ -69,10 +77,13 @@ def text_error(
     headers = {"Cache-Control": "no-store"}
     if reason is not None:
         headers["X-Pipgate-Reason"] = reason.value
+    # One line, whatever the message holds: a name from a request path or an upstream
+    # page may carry newlines, or lone surrogates that UTF-8 cannot encode.
+    line = "".join(c if c.isprintable() else " " for c in message)
     return web.Response(
         status=status,
         reason=reason_phrase(phrase) if phrase else None,
-        text=f"pipgate: {message}\n",
+        body=f"pipgate: {line}\n".encode("utf-8", "backslashreplace"),
         content_type="text/plain",
         charset="utf-8",
         headers=headers,

@@ -6,11 +6,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from http import HTTPStatus
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from pipgate import limits
 from pipgate.errors import UpstreamError
+from pipgate.limits import Limited
 from pipgate.logs import new_request_id, request_id
 from pipgate.web.http import text_error, upstream_error
 from pipgate.web.state import services
@@ -19,6 +22,8 @@ log = logging.getLogger("pipgate.web")
 #: Where the request id is kept on the request (responses are prepared after the
 #: middleware returned, outside its context).
 REQUEST_ID = web.RequestKey("request_id", str)
+#: The user a request authenticated as (set by :mod:`pipgate.web.auth`; absent: anonymous).
+USER = web.RequestKey("user", str)
 access = logging.getLogger("pipgate.access")
 
 
@@ -33,6 +38,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     except UpstreamError as exc:
         return upstream_error(exc)
+    except Limited as exc:
+        return limited(exc)
     except (ConnectionError, TimeoutError):
         raise
     except Exception:
@@ -47,6 +54,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     rid = new_request_id(request.headers.get("X-Request-ID"))
     request[REQUEST_ID] = rid
     token = request_id.set(rid)
+    client = limits.client_address.set(
+        client_address(request, services(request).config.trust_forwarded)
+    )
     started = time.monotonic()
     status = 500
     try:
@@ -85,6 +95,32 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             },
         )
         request_id.reset(token)
+        limits.client_address.reset(client)
+
+
+def client_address(request: web.Request, trust_forwarded: bool) -> str:
+    """The client's address; behind a trusted reverse proxy, the first of
+    ``X-Forwarded-For``."""
+    if trust_forwarded:
+        forwarded = request.headers.get("X-Forwarded-For", "").split(",")[0].strip()
+        if (
+            forwarded
+            and len(forwarded) <= 64
+            and all(c.isalnum() or c in ".:[]" for c in forwarded)
+        ):
+            return forwarded
+    return request.remote or "-"
+
+
+def limited(exc: Limited) -> web.Response:
+    """The answer to a request a limit refused: its status, ``Retry-After`` and the
+    cause in the body and the reason phrase (pip prints the phrase)."""
+    response = text_error(
+        exc.status, exc.detail, phrase=f"{HTTPStatus(exc.status).phrase}: pipgate: {exc.detail}"
+    )
+    response.headers["Retry-After"] = str(exc.retry_after)
+    response.headers["X-Pipgate-Limit"] = exc.limit
+    return response
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:

@@ -1,15 +1,26 @@
-"""Operations endpoints: health, readiness, metrics, failures and the status page."""
+"""Operations endpoints: health, readiness, metrics, failures and the status page.
+
+These are open to anyone who can connect (probes and scrapes need no credentials), so
+they say what is wrong only in words that name nothing inside: reasons, upstream
+names, up or down. The same views with every detail (URLs, proxies, exception texts,
+the cache path, projects) are the admin API's (:mod:`pipgate.web.admin`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 
 from aiohttp import web
 
+from pipgate.failures import summary
 from pipgate.redact import redact_url
 from pipgate.web import status
-from pipgate.web.state import services
+from pipgate.web.state import Services, services
+
+#: Failures ``/-/failures`` summarises (the whole kept list).
+SUMMARY_LIMIT = 200
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -17,16 +28,16 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
-async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the cache is writable and at least one upstream is usable; the JSON
-    body lists every upstream with its state and says what is wrong (and warns when
-    TLS verification is off)."""
-    svc = services(request)
+async def readiness(svc: Services, *, full: bool) -> tuple[dict[str, Any], int]:
+    """Readiness and its status: the cache is writable and at least one upstream is
+    usable. Every upstream is listed with its state and last failure reason; ``full``
+    adds its URL, the detail of that failure, its proxies and the cache path."""
     problems = []
     warnings = []
     writable = await asyncio.to_thread(os.access, svc.blobs.tmp, os.W_OK)
     if not writable:
-        problems.append(f"cache directory {svc.blobs.tmp} is not writable")
+        where = f" {svc.blobs.tmp}" if full else ""
+        problems.append(f"cache directory{where} is not writable")
     upstreams = []
     for client in svc.upstreams:
         if client.is_down:
@@ -34,20 +45,21 @@ async def readyz(request: web.Request) -> web.Response:
         if not client.tls_verification:
             warnings.append(f"TLS verification is OFF for upstream {client.name} (verify = false)")
         last = client.last_error
-        upstreams.append(
-            {
-                "name": client.name,
-                "url": redact_url(client.index_url),
-                "up": not client.is_down,
-                "last_error": (
-                    {"reason": last.reason.value, "detail": last.detail} if last else None
-                ),
-                "proxies": [
-                    {"proxy": proxy.label, "up": client.proxies.is_up(proxy)}
-                    for proxy in client.proxies.proxies
-                ],
-            }
-        )
+        entry: dict[str, Any] = {
+            "name": client.name,
+            "up": not client.is_down,
+            "last_error": {"reason": last.reason.value} if last else None,
+            "proxies": [{"up": client.proxies.is_up(p)} for p in client.proxies.proxies],
+        }
+        if full:
+            entry["url"] = redact_url(client.index_url)
+            if last:
+                entry["last_error"]["detail"] = last.detail
+            entry["proxies"] = [
+                {"proxy": proxy.label, "up": client.proxies.is_up(proxy)}
+                for proxy in client.proxies.proxies
+            ]
+        upstreams.append(entry)
     down = [client.name for client in svc.upstreams if client.is_down]
     if svc.config.offline:
         warnings.append("offline: no upstream traffic; serving only what is cached")
@@ -61,7 +73,13 @@ async def readyz(request: web.Request) -> web.Response:
         "upstreams": upstreams,
         "unavailable": down,
     }
-    return web.json_response(body, status=200 if not problems else 503)
+    return body, 200 if not problems else 503
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """``/readyz``: readiness for probes (JSON, nothing that names a host or a path)."""
+    body, code = await readiness(services(request), full=False)
+    return web.json_response(body, status=code)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -72,16 +90,21 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def failures(request: web.Request) -> web.Response:
-    """``/-/failures``: the recent failed fetches, newest first (bounded list, JSON)."""
-    svc = services(request)
+    """``/-/failures``: the recent failed fetches, newest first, as reasons and
+    upstream names with their counts (the details: ``/-/admin/failures``)."""
+    recent = await services(request).failures.recent(limit_param(request, SUMMARY_LIMIT))
+    return web.json_response(summary(recent), headers={"Cache-Control": "no-store"})
+
+
+def limit_param(request: web.Request, default: int, most: int = SUMMARY_LIMIT) -> int:
+    """``?limit=N`` within 1..``most`` (anything unreadable: ``default``)."""
     try:
-        limit = max(1, min(200, int(request.query.get("limit", "50"))))
+        return max(1, min(most, int(request.query.get("limit", str(default)))))
     except ValueError:
-        limit = 50
-    recent = await svc.failures.recent(limit)
-    return web.json_response({"failures": [f.to_json() for f in recent]})
+        return default
 
 
 async def landing(request: web.Request) -> web.Response:
-    """``/``: the status page for people who open pipgate in a browser."""
-    return await status.status_page(request)
+    """``/``: the status page for people who open pipgate in a browser (the summary;
+    the full page is ``/-/admin/status``)."""
+    return await status.status_page(request, full=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from urllib.parse import quote
 
 from aiohttp import web
@@ -17,6 +18,8 @@ from pipgate.web.state import services
 
 #: PEP 503 pages vary by Accept (format) and Accept-Encoding (gzip).
 VARY = "Accept, Accept-Encoding"
+#: ... and, when their links come from a trusted reverse proxy, by what it forwarded.
+FORWARDED_VARY = "X-Forwarded-Proto, X-Forwarded-Host, X-Forwarded-Prefix"
 
 
 async def root(request: web.Request) -> web.StreamResponse:
@@ -68,6 +71,10 @@ async def project(request: web.Request) -> web.StreamResponse:
     if view.expires_in is not None:
         ttl = max(0.0, min(ttl, view.age + view.expires_in))  # max-age counts from Age
     headers = _page_headers(fmt, rendered.etag, view.age, ttl, view.result)
+    if base is not None and not svc.config.public_url:
+        # Links are built from the forwarded headers: a shared cache must keep apart
+        # the pages different front ends asked for.
+        headers["Vary"] = f"{VARY}, {FORWARDED_VARY}"
     if view.upstream is not None:
         # Which upstream owns the project (a merged page: the first that has it).
         headers["X-Pipgate-Upstream"] = view.upstream
@@ -118,20 +125,39 @@ def _redirect(request: web.Request, location: str) -> web.Response:
 
 
 def link_base(request: web.Request) -> str | None:
+    """The absolute base of file links, when configured or forwarded by a trusted
+    reverse proxy; ``None``: relative links. Forwarded values that are not a scheme,
+    a host and a path are ignored (a prefix can never extend the host name)."""
     svc = services(request)
     if svc.config.public_url:
         return svc.config.public_url
     if svc.config.trust_forwarded:
         proto = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
         host = request.headers.get("X-Forwarded-Host", request.host).split(",")[0].strip()
-        prefix = request.headers.get("X-Forwarded-Prefix", "").strip().rstrip("/")
-        if proto in ("http", "https") and host and _safe_host(host):
+        prefix = request.headers.get("X-Forwarded-Prefix", "").split(",")[0].strip().rstrip("/")
+        if proto in ("http", "https") and _safe_host(host) and _safe_prefix(prefix):
             return f"{proto}://{host}{quote(prefix)}/"
     return None
 
 
 def _safe_host(host: str) -> bool:
-    return all(c.isalnum() or c in ".-:[]_" for c in host)
+    return 0 < len(host) <= 255 and all(c.isalnum() or c in ".-:[]_" for c in host)
+
+
+#: Characters of a URL path (RFC 3986 pchar and "/"), without "%" (quote() adds it).
+_PATH_CHARS = frozenset(string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@/")
+
+
+def _safe_prefix(prefix: str) -> bool:
+    """A path prefix: empty, or ``/`` followed by path characters (no ``//``, no dot
+    segments)."""
+    if not prefix:
+        return True
+    if len(prefix) > 200 or not prefix.startswith("/") or prefix.startswith("//"):
+        return False
+    if any(segment in (".", "..") for segment in prefix.split("/")):
+        return False
+    return all(c in _PATH_CHARS for c in prefix)
 
 
 def _page_headers(

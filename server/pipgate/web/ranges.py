@@ -7,7 +7,15 @@ requests with 416.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+#: RFC 9110 §14.1.1: positions are 1*DIGIT, ASCII only (``str.isdigit`` also takes "²"
+#: and "١", which ``int`` then refuses or reads as another number).
+_DIGITS = re.compile(r"[0-9]+\Z")
+#: Beyond any file's size; longer numbers are read as this, never converted (``int``
+#: refuses more than 4300 digits, and a client may send 8000).
+_HUGE = 10**18
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,13 @@ def parse_range(header: str | None, size: int) -> ByteRange | Unsatisfiable | No
     return ranges[0]
 
 
+def _number(text: str) -> int | None:
+    """A byte position or length: ASCII digits, however many; ``None`` if not one."""
+    if not _DIGITS.match(text):
+        return None
+    return int(text) if len(text) <= 18 else _HUGE
+
+
 def _parse_one(part: str, size: int) -> ByteRange | Unsatisfiable | None:
     first_text, dash, last_text = part.partition("-")
     if not dash:
@@ -71,16 +86,16 @@ def _parse_one(part: str, size: int) -> ByteRange | Unsatisfiable | None:
     first_text, last_text = first_text.strip(), last_text.strip()
     if not first_text:
         # suffix range "-N": the last N bytes (poetry sends it first).
-        if not last_text.isdigit():
+        suffix = _number(last_text)
+        if suffix is None:
             return None
-        suffix = int(last_text)
         if suffix == 0 or size == 0:
             return UNSATISFIABLE
         return ByteRange(max(0, size - suffix), size - 1, size)
-    if not first_text.isdigit() or (last_text and not last_text.isdigit()):
+    first = _number(first_text)
+    last = _number(last_text) if last_text else size - 1
+    if first is None or last is None:
         return None
-    first = int(first_text)
-    last = int(last_text) if last_text else size - 1
     if last_text and last < first:
         return None
     if first >= size:

@@ -1,10 +1,15 @@
-"""The status page at ``/``: what an operator wants to see at a glance, as plain HTML.
+"""The status page: what an operator wants to see at a glance, as plain HTML.
 
 The handler gathers a :class:`StatusSnapshot` (upstream and proxy health from the client,
 cache numbers from the metrics exposition so they cover every worker, recent failures
 from the shared log); :func:`render_status` turns it into one self-contained page. The
 page needs no JavaScript and loads nothing else (pipgate runs in air-gapped networks),
 escapes every value and shows URLs only through :func:`redact_url`.
+
+It comes in two views. ``/`` is for anyone who can connect: health, reasons, counts and
+upstream names, nothing that names a project, a host, a path or an exception. The
+full view (``full=True``, at ``/-/admin/status`` behind the admin token) adds upstream
+URLs, proxies, error details, routes, rules, the quarantine list and the failures.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import html
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -110,6 +116,8 @@ class PolicyStatus:
 
     default: str = "allow"
     cooldown: str = ""
+    #: The cooldown without the exempt project names (for the summary view).
+    hold_back: str = ""
     rules: tuple[RuleStatus, ...] = ()
     quarantine: tuple[QuarantineStatus, ...] = ()
 
@@ -131,6 +139,10 @@ class StatusSnapshot:
     offline: bool = False
     #: Installs that cannot work here, most recently seen first.
     incompatible: tuple[Incompatible, ...] = ()
+    #: The way from the page to the server's root, for relative links ("" at ``/``).
+    root: str = ""
+    #: Whether the admin API (and so the full view) exists.
+    admin: bool = False
 
 
 # --- reading the metrics exposition --------------------------------------------------
@@ -240,17 +252,17 @@ def _badge(text: str, css: str) -> str:
     return f'<span class="badge {css}">{_e(text)}</span>'
 
 
-def _upstreams_section(upstreams: Sequence[UpstreamStatus]) -> str:
+def _upstreams_section(upstreams: Sequence[UpstreamStatus], full: bool) -> str:
     title = (
         "Upstream"
         if len(upstreams) == 1
         else f"Upstreams <small>{len(upstreams)}, in the default order</small>"
     )
-    blocks = "".join(_upstream_block(up) for up in upstreams)
+    blocks = "".join(_upstream_block(up, full) for up in upstreams)
     return f'<section class="upstreams"><h2>{title}</h2>{blocks}</section>'
 
 
-def _upstream_block(up: UpstreamStatus) -> str:
+def _upstream_block(up: UpstreamStatus, full: bool) -> str:
     if up.up:
         state = _badge("up", "up")
     else:
@@ -258,19 +270,15 @@ def _upstream_block(up: UpstreamStatus) -> str:
             ' <span class="muted">marked down after repeated failures; cached pages and '
             "files are still served</span>"
         )
-    rows = [
-        ("name", _e(up.name)),
-        ("index", f"<code>{_e(redact_url(up.url))}</code>"),
-        ("state", state),
-    ]
+    rows = [("name", _e(up.name))]
+    if full:
+        rows.append(("index", f"<code>{_e(redact_url(up.url))}</code>"))
+    rows.append(("state", state))
     if up.last_error_reason:
         when = f" at {_e(_utc(up.last_failure_at))}" if up.last_failure_at else ""
+        detail = f"<br>{_e(up.last_error_detail or '')}" if full else ""
         rows.append(
-            (
-                "last error",
-                f'<span class="reason">{_e(up.last_error_reason)}</span>{when}'
-                f"<br>{_e(up.last_error_detail or '')}",
-            )
+            ("last error", f'<span class="reason">{_e(up.last_error_reason)}</span>{when}{detail}')
         )
     rows.append(("TLS verification", "on" if up.tls_verification else "<strong>OFF</strong>"))
     body = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in rows)
@@ -282,13 +290,27 @@ def _upstream_block(up: UpstreamStatus) -> str:
     )
     return (
         f'<div class="upstream" id="upstream-{_e(up.name)}"><h3>{_e(up.name)}</h3>'
-        f"<dl>{body}</dl>{alert}{_proxies(up.proxies)}</div>"
+        f"<dl>{body}</dl>{alert}{_proxies(up.proxies) if full else _proxy_count(up.proxies)}"
+        "</div>"
     )
 
 
-def _routes_section(routes: Sequence[RouteStatus]) -> str:
+def _proxy_count(proxies: Sequence[ProxyStatus]) -> str:
+    if not proxies:
+        return '<h4>Proxies</h4><p class="muted">No proxy configured.</p>'
+    cooling = sum(not p.up for p in proxies)
+    state = f", {cooling} cooling down after a failure" if cooling else ", all up"
+    return f"<h4>Proxies</h4><p>{len(proxies)} configured{state}.</p>"
+
+
+def _routes_section(routes: Sequence[RouteStatus], full: bool) -> str:
     if not routes:
         return ""
+    if not full:
+        return (
+            f"<section><h2>Routes</h2><p>{len(routes)} routing rules send projects to "
+            "chosen upstreams.</p></section>"
+        )
     rows = "".join(
         f"<tr><td>{_e(', '.join(r.projects))}</td><td>{_e(' → '.join(r.upstreams))}</td>"
         f"<td>{'merged' if r.merge else 'first that has it'}</td></tr>"
@@ -352,16 +374,25 @@ def _ratio_row(kind: str, counts: Mapping[str, int], *, strong: bool = False) ->
     return f'<tr><td>{_e(kind)}</td><td class="num">{ratio}</td>{cells}</tr>'
 
 
-def _policy_section(policy: PolicyStatus, failures: Sequence[Failure]) -> str:
+def _policy_section(policy: PolicyStatus, failures: Sequence[Failure], full: bool) -> str:
     mode = (
         "allow-list: only what a rule allows is served"
         if policy.default == "deny"
         else "everything not denied is served"
     )
+    cooldown = policy.cooldown if full else policy.hold_back
     facts = (
         f"<dt>mode</dt><dd>{_e(mode)}</dd>"
-        f"<dt>release cooldown</dt><dd>{_or_dash(policy.cooldown)}</dd>"
+        f"<dt>release cooldown</dt><dd>{_or_dash(cooldown)}</dd>"
     )
+    if not full:
+        blocked = sum(f.reason == "policy" for f in failures)
+        facts += (
+            f"<dt>rules</dt><dd>{len(policy.rules)}</dd>"
+            f"<dt>quarantine</dt><dd>{len(policy.quarantine)} entries</dd>"
+            f"<dt>recent blocks</dt><dd>{blocked}</dd>"
+        )
+        return f'<section class="policy"><h2>Policy</h2><dl>{facts}</dl></section>'
     if policy.rules:
         rows = "".join(
             f"<tr><td>{_e(r.name)}</td><td>{_e(r.action)}</td><td>{_e(r.projects)}</td>"
@@ -408,10 +439,21 @@ def _policy_section(policy: PolicyStatus, failures: Sequence[Failure]) -> str:
     )
 
 
-def _failures_section(failures: Sequence[Failure]) -> str:
+def _failures_section(failures: Sequence[Failure], full: bool, root: str) -> str:
     shown = list(failures)[:MAX_FAILURES]
     if not shown:
         body = '<p class="muted">No failed fetches recorded.</p>'
+    elif not full:
+        counts = Counter((f.reason, f.upstream) for f in shown)
+        rows = "".join(
+            f'<tr><td class="reason">{_e(reason)}</td><td class="host">{_e(upstream)}</td>'
+            f'<td class="num">{count}</td></tr>'
+            for (reason, upstream), count in counts.most_common()
+        )
+        body = (
+            '<table class="failures"><tr><th>reason</th><th>upstream</th>'
+            f'<th class="num">count</th></tr>{rows}</table>'
+        )
     else:
         head = "".join(
             f"<th>{h}</th>"
@@ -430,14 +472,21 @@ def _failures_section(failures: Sequence[Failure]) -> str:
             for f in shown
         )
         body = f'<table class="failures"><tr>{head}</tr>{rows}</table>'
+    listing = "-/admin/failures" if full else "-/failures"
+    note = "newest first" if full else f"the last {len(shown)}, by reason"
     return (
-        "<section><h2>Recent failures <small>newest first; the full list is at "
-        f'<a href="-/failures">-/failures</a></small></h2>{body}</section>'
+        f"<section><h2>Recent failures <small>{note}; the list is at "
+        f'<a href="{root}{listing}">{listing}</a></small></h2>{body}</section>'
     )
 
 
-def _incompatible_section(entries: Sequence[Incompatible]) -> str:
-    if not entries:
+def _incompatible_section(entries: Sequence[Incompatible], full: bool) -> str:
+    if entries and not full:
+        body = (
+            f"<p>{len(entries)} combinations of project, environment and installer seen "
+            "recently (the list is on the full status page).</p>"
+        )
+    elif not entries:
         body = (
             '<p class="muted">None seen: every installer that said what it runs on found '
             "something to install in the newest release it asked about.</p>"
@@ -463,7 +512,7 @@ def _incompatible_section(entries: Sequence[Incompatible]) -> str:
     )
 
 
-def _usage_section(index_url: str) -> str:
+def _usage_section(index_url: str, root: str) -> str:
     url = redact_url(index_url)
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -472,7 +521,7 @@ def _usage_section(index_url: str) -> str:
         # pip refuses plain-http indexes on other hosts unless they are trusted.
         trusted = f" --trusted-host {host}"
     return (
-        '<section><h2>Use it <small>all clients: <a href="-/setup">-/setup</a></small></h2>'
+        f'<section><h2>Use it <small>all clients: <a href="{root}-/setup">-/setup</a></small></h2>'
         f"<pre>pip install --index-url {_e(url)}{_e(trusted)} PACKAGE</pre>"
         f"<pre>uv pip install --index-url {_e(url)} PACKAGE</pre>"
         f"<pre>export PIP_INDEX_URL={_e(url)}\nexport UV_DEFAULT_INDEX={_e(url)}</pre>"
@@ -480,13 +529,15 @@ def _usage_section(index_url: str) -> str:
     )
 
 
-def render_status(snapshot: StatusSnapshot) -> str:
-    """The whole status page for ``snapshot`` (pure; every value escaped, URLs redacted)."""
+def render_status(snapshot: StatusSnapshot, *, full: bool) -> str:
+    """The status page for ``snapshot``, the full view or the summary anyone may see
+    (pure; every value escaped, URLs redacted)."""
     # Relative links keep working behind a reverse proxy with a path prefix.
-    nav = "".join(
-        f'<a href="{href}">{href}</a>'
-        for href in ("simple/", "-/setup", "metrics", "readyz", "-/failures")
-    )
+    links = ["simple/", "-/setup", "metrics", "readyz"]
+    links.append("-/admin/failures" if full else "-/failures")
+    if snapshot.admin and not full:
+        links.append("-/admin/status")
+    nav = "".join(f'<a href="{snapshot.root}{href}">{href}</a>' for href in links)
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -500,10 +551,12 @@ def render_status(snapshot: StatusSnapshot) -> str:
             else ""
         )
         + '<div class="grid">'
-        f"{_upstreams_section(snapshot.upstreams)}{_cache_section(snapshot.cache)}</div>"
-        f"{_routes_section(snapshot.routes)}{_policy_section(snapshot.policy, snapshot.failures)}"
-        f"{_incompatible_section(snapshot.incompatible)}"
-        f"{_failures_section(snapshot.failures)}{_usage_section(snapshot.index_url)}"
+        f"{_upstreams_section(snapshot.upstreams, full)}{_cache_section(snapshot.cache)}</div>"
+        f"{_routes_section(snapshot.routes, full)}"
+        f"{_policy_section(snapshot.policy, snapshot.failures, full)}"
+        f"{_incompatible_section(snapshot.incompatible, full)}"
+        f"{_failures_section(snapshot.failures, full, snapshot.root)}"
+        f"{_usage_section(snapshot.index_url, snapshot.root)}"
         "</main></body></html>"
     )
 
@@ -511,8 +564,9 @@ def render_status(snapshot: StatusSnapshot) -> str:
 # --- the handler ---------------------------------------------------------------------
 
 
-async def snapshot(request: web.Request) -> StatusSnapshot:
-    """Gather the page's data for the app serving ``request``."""
+async def snapshot(request: web.Request, *, root: str = "") -> StatusSnapshot:
+    """Gather the page's data for the app serving ``request`` (``root``: the way back
+    from the page to the server's root)."""
     svc = services(request)
     # Refresh this worker's size gauges so the page shows the size right now.
     await svc.evictor.update_gauges()
@@ -553,6 +607,8 @@ async def snapshot(request: web.Request) -> StatusSnapshot:
         policy=policy,
         offline=svc.config.offline,
         incompatible=tuple(await svc.incompatible.recent(MAX_INCOMPATIBLE)),
+        root=root,
+        admin=svc.config.admin_token is not None,
     )
 
 
@@ -563,6 +619,7 @@ def policy_status(config: Config, quarantine: Sequence[QuarantineEntry]) -> Poli
         parts.append(f"files younger than {_duration(config.min_age)} held back")
     if config.exclude_newer is not None:
         parts.append(f"nothing uploaded after {_utc(config.exclude_newer)}")
+    hold_back = "; ".join(parts)
     if parts and config.cooldown_exempt:
         parts.append(f"exempt: {', '.join(config.cooldown_exempt)}")
     rules = []
@@ -588,6 +645,7 @@ def policy_status(config: Config, quarantine: Sequence[QuarantineEntry]) -> Poli
     return PolicyStatus(
         default=config.policy_default,
         cooldown="; ".join(parts),
+        hold_back=hold_back,
         rules=tuple(rules),
         quarantine=tuple(
             QuarantineStatus(q.label, q.source, q.reason, q.added_at) for q in quarantine
@@ -603,9 +661,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-async def status_page(request: web.Request) -> web.Response:
-    """``/``: the human status page (never cached: it is live state)."""
-    page = render_status(await snapshot(request))
+async def status_page(request: web.Request, *, full: bool, root: str = "") -> web.Response:
+    """The human status page, full or the summary (never cached: it is live state)."""
+    page = render_status(await snapshot(request, root=root), full=full)
     return web.Response(
         body=page.encode(),
         headers={"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"},
