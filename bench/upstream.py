@@ -28,6 +28,17 @@ of one size share the same payload, written first, so hashing a never-seen wheel
 only its last kilobyte: clients and the upstream compute any file's sha256 in
 microseconds (:class:`WheelMaker`), so there are as many distinct files as a run needs.
 
+**Dependency trees** (for ``peers.py``): every name ``tree-<tag>-n<node>`` (node 0–29)
+is a generated project of 16 KiB wheels whose METADATA (and PEP 658 ``.metadata``)
+carries ``Requires-Dist``: installing ``tree-<tag>-n0`` resolves exactly 30
+distributions in four rounds (the root needs 5, each of those 4, each of these one of 4
+shared leaves). A new tag is a tree no one has seen.
+
+Pages (project pages and the ``/simple/`` list) are PEP 691 JSON, or PEP 503 HTML when
+the client's ``Accept`` ranks an HTML type above JSON (pip, uv and pipgate ask for JSON
+pages first; pipgate asks for the list as HTML first). ``--list-size N`` adds N made-up
+names to the list (PyPI's has about 930k), built in both formats before serving.
+
 **Faults** (for ``chaos.py``): with ``--faults RATE`` (or ``POST /_faults?rate=R``), that
 fraction of the responses for generated projects (pages, files, metadata) goes wrong,
 seeded by ``--seed``: a connection reset (RST, after part of a file), a truncated body
@@ -37,7 +48,8 @@ page, in the middle of a file), or a file body running past its size (chunked, n
 length). ``GET /_stats`` counts what was injected.
 
 Run: ``python bench/upstream.py --port 8000 --dir /path/to/files [--rate BYTES_PER_S]
-[--project midsize:200] [--gen-versions 4] [--faults 0.2 --seed 1 --stall 4]``
+[--project midsize:200] [--gen-versions 4] [--faults 0.2 --seed 1 --stall 4]
+[--list-size 930000]``
 """
 
 from __future__ import annotations
@@ -57,6 +69,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from html import escape as html_escape
 from pathlib import Path
 
 from aiohttp import web
@@ -116,13 +129,54 @@ def gen_size_kib(project: str) -> int | None:
     return int(match.group(1))
 
 
+#: A project of a generated dependency tree: ``tree-<tag>-n<node>``, node 0 the root.
+TREE_NAME = re.compile(r"^tree-([a-z0-9]{1,40})-n([0-9]{1,2})$")
+#: Distributions one install of a tree's root resolves (the root included).
+TREE_SIZE = 30
+#: The wheel size of tree projects (KiB): small, so page round trips dominate an install.
+TREE_KIB = 16
+
+
+def tree_project(tag: str, node: int = 0) -> str:
+    """The name of ``node`` (0 = the root) of the dependency tree ``tag``."""
+    return f"tree-{tag}-n{node}"
+
+
+def tree_node(project: str) -> int | None:
+    """The node number of a tree project, or None for other names."""
+    match = TREE_NAME.match(project)
+    if match is None or int(match.group(2)) >= TREE_SIZE:
+        return None
+    return int(match.group(2))
+
+
+def tree_requires(node: int) -> list[int]:
+    """The nodes ``node`` requires: the root needs 5, each of those 4 more (20), and each
+    of these one of 4 shared leaves, so resolving the root takes 4 rounds of page and
+    metadata fetches and finds 1 + 5 + 20 + 4 = 30 distributions."""
+    if node == 0:
+        return [1, 2, 3, 4, 5]
+    if node <= 5:
+        return [6 + 4 * (node - 1) + k for k in range(4)]
+    if node <= 25:
+        return [26 + (node - 6) % 4]
+    return []
+
+
+def wheel_size_kib(project: str) -> int | None:
+    """The wheel size of a generated or tree project, or None for other names."""
+    if tree_node(project) is not None:
+        return TREE_KIB
+    return gen_size_kib(project)
+
+
 def parse_gen_filename(filename: str) -> tuple[str, str] | None:
-    """(project, version) of a generated wheel's filename, else None."""
+    """(project, version) of a generated (or tree) wheel's filename, else None."""
     parts = filename.removesuffix(".whl").split("-")
     if not filename.endswith(".whl") or len(parts) != 5 or parts[2:] != ["py3", "none", "any"]:
         return None
     project = normalize(parts[0])
-    if gen_size_kib(project) is None or not re.fullmatch(r"1\.[0-9]{1,6}\.0", parts[1]):
+    if wheel_size_kib(project) is None or not re.fullmatch(r"1\.[0-9]{1,6}\.0", parts[1]):
         return None
     return project, parts[1]
 
@@ -195,12 +249,19 @@ class WheelMaker:
         payload = self._payloads.get(size_kib)
         if payload is not None:
             return payload
+        payload = self._build_payload(size_kib, f"pipgate_bench_payload/p{size_kib}k.bin")
+        if len(self._payloads) >= GEN_PAYLOADS:
+            self._payloads.pop(next(iter(self._payloads)))
+        self._payloads[size_kib] = payload
+        return payload
+
+    @staticmethod
+    def _build_payload(size_kib: int, name: str) -> _Payload:
         data = random.Random(f"pipgate-bench-{size_kib}").randbytes(size_kib * 1024)
-        name = f"pipgate_bench_payload/p{size_kib}k.bin"
         crc = zlib.crc32(data)
         header = _local_header(name, crc, len(data))
         prefix = header + data
-        payload = _Payload(
+        return _Payload(
             name=name,
             size=len(data),
             crc=crc,
@@ -208,10 +269,6 @@ class WheelMaker:
             prefix=prefix,
             digest=hashlib.sha256(prefix),
         )
-        if len(self._payloads) >= GEN_PAYLOADS:
-            self._payloads.pop(next(iter(self._payloads)))
-        self._payloads[size_kib] = payload
-        return payload
 
     def payload_sha256(self, size_kib: int) -> str:
         """The sha256 of the payload file every wheel of ``size_kib`` installs."""
@@ -223,12 +280,22 @@ class WheelMaker:
         return self._payload(size_kib).name
 
     def wheel(self, project: str, version: str) -> GenWheel:
-        """The wheel of generated ``project`` at ``version``."""
-        size_kib = gen_size_kib(project)
+        """The wheel of generated (or tree) ``project`` at ``version``."""
+        size_kib = wheel_size_kib(project)
         if size_kib is None:
             raise ValueError(f"not a generated project: {project}")
-        payload = self._payload(size_kib)
         dist = project.replace("-", "_")
+        node = tree_node(project)
+        requires = ""
+        if node is None:
+            payload = self._payload(size_kib)
+        else:
+            # A payload path of its own: the 30 wheels of a tree install side by side.
+            payload = self._build_payload(size_kib, f"{dist}/data.bin")
+            tag = project.split("-")[1]
+            requires = "".join(
+                f"Requires-Dist: {tree_project(tag, n)}>=1.0\n" for n in tree_requires(node)
+            )
         info = f"{dist}-{version}.dist-info"
         metadata = (
             "Metadata-Version: 2.1\n"
@@ -236,6 +303,7 @@ class WheelMaker:
             f"Version: {version}\n"
             f"Summary: A generated wheel of the pipgate benchmarks ({size_kib} KiB)\n"
             "Requires-Python: >=3.8\n"
+            f"{requires}"
             "\n"
         ).encode()
         wheel = b"Wheel-Version: 1.0\nGenerator: pipgate-bench\nRoot-Is-Purelib: true\n"
@@ -357,8 +425,8 @@ class State:
     direct_gets: Counter[str]
     #: Page-only projects: name -> number of synthetic files.
     synthetic: dict[str, int]
-    #: Page bodies by (project, host, gzipped): the content never changes.
-    bodies: dict[tuple[str, str, bool], bytes]
+    #: Page bodies by (project, host, gzipped, html): the content never changes.
+    bodies: dict[tuple[str, str, bool, bool], bytes]
     #: Generated projects: their wheels, how many each has, GETs by target, faults.
     maker: WheelMaker = field(default_factory=WheelMaker)
     gen_versions: int = 4
@@ -366,9 +434,14 @@ class State:
     #: Whole-file GETs (no Range) per generated wheel: more than one means a refetch.
     gen_file_gets: Counter[str] = field(default_factory=Counter)
     faults: Faults = field(default_factory=Faults)
+    #: Extra names in the project list (``--list-size``), and its bodies by (gzipped, html),
+    #: built before the first request so a client's first GET measures the client.
+    list_size: int = 0
+    list_bodies: dict[tuple[bool, bool], bytes] = field(default_factory=dict)
 
 
 STATE = web.AppKey("state", State)
+HTML_TYPES = ("application/vnd.pypi.simple.v1+html", "text/html")
 
 
 def normalize(name: str) -> str:
@@ -439,34 +512,114 @@ def _json(body: object, content_type: str = "application/json") -> web.Response:
     return web.Response(body=json.dumps(body).encode(), content_type=content_type)
 
 
-async def root(request: web.Request) -> web.Response:
-    """The PEP 691 project list."""
-    state = request.app[STATE]
-    projects = sorted({d.project for d in state.dists.values()} | set(state.synthetic))
-    return _json(
-        {"meta": {"api-version": "1.1"}, "projects": [{"name": p} for p in projects]}, JSON_TYPE
+def wants_html(accept: str | None) -> bool:
+    """PEP 691 negotiation, reduced to what the benchmarks send: HTML only when the
+    client ranks an HTML type above the JSON one (no ``Accept`` = JSON, as before)."""
+    quality = {JSON_TYPE: 0.0, "html": 0.0}
+    for part in (accept or "").split(","):
+        media, *params = (x.strip() for x in part.split(";"))
+        q = 1.0
+        for param in params:
+            if param.startswith("q="):
+                with contextlib.suppress(ValueError):
+                    q = float(param[2:])
+        if media in (JSON_TYPE, "*/*"):
+            quality[JSON_TYPE] = max(quality[JSON_TYPE], q)
+        if media in (*HTML_TYPES, "*/*"):
+            quality["html"] = max(quality["html"], q)
+    return quality["html"] > quality[JSON_TYPE]
+
+
+def list_names(state: State) -> list[str]:
+    """Every project of the list: files on disk, page-only ones and ``--list-size``
+    made-up names (``listed-0000001`` …, about PyPI's average name length)."""
+    names = {d.project for d in state.dists.values()} | set(state.synthetic)
+    names.update(f"listed-{i:07d}" for i in range(state.list_size))
+    return sorted(names)
+
+
+def list_html(names: list[str]) -> str:
+    """The PEP 503 project list."""
+    links = "".join(f'<a href="/simple/{n}/">{n}</a>\n' for n in names)
+    return (
+        '<!DOCTYPE html>\n<html><head><meta name="pypi:repository-version" content="1.1">'
+        f"<title>Simple index</title></head><body>\n{links}</body></html>\n"
     )
+
+
+def build_list_bodies(state: State) -> None:
+    """The project list in both formats, plain and gzipped, once."""
+    names = list_names(state)
+    page = {"meta": {"api-version": "1.1"}, "projects": [{"name": n} for n in names]}
+    for html, text in ((False, json.dumps(page)), (True, list_html(names))):
+        data = text.encode()
+        state.list_bodies[(False, html)] = data
+        state.list_bodies[(True, html)] = gzip.compress(data, compresslevel=6, mtime=0)
+
+
+async def root(request: web.Request) -> web.Response:
+    """The project list: PEP 691 JSON, or PEP 503 HTML when the client prefers it;
+    gzipped when accepted."""
+    state = request.app[STATE]
+    if not state.list_bodies:
+        build_list_bodies(state)
+    html = wants_html(request.headers.get("Accept"))
+    gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
+    response = web.Response(
+        body=state.list_bodies[(gzipped, html)], content_type="text/html" if html else JSON_TYPE
+    )
+    if gzipped:
+        response.headers["Content-Encoding"] = "gzip"
+    return response
+
+
+def page_html(page: dict[str, object]) -> str:
+    """A PEP 691 JSON page as PEP 503 HTML (with PEP 592 yanks and PEP 658/714 metadata
+    hashes), so both formats list the same files."""
+    name = html_escape(str(page["name"]))
+    lines = [
+        "<!DOCTYPE html>",
+        '<html><head><meta name="pypi:repository-version" content="1.1">',
+        f"<title>Links for {name}</title></head><body><h1>Links for {name}</h1>",
+    ]
+    files = page["files"]
+    assert isinstance(files, list)
+    for entry in files:
+        attrs = [f'href="{html_escape(entry["url"])}#sha256={entry["hashes"]["sha256"]}"']
+        if entry.get("requires-python"):
+            attrs.append(f'data-requires-python="{html_escape(entry["requires-python"])}"')
+        metadata = entry.get("core-metadata")
+        if isinstance(metadata, dict):
+            value = f"sha256={metadata['sha256']}"
+            attrs += [f'data-dist-info-metadata="{value}"', f'data-core-metadata="{value}"']
+        yanked = entry.get("yanked")
+        if yanked:
+            attrs.append(f'data-yanked="{html_escape(yanked if isinstance(yanked, str) else "")}"')
+        lines.append(f"<a {' '.join(attrs)}>{html_escape(entry['filename'])}</a><br />")
+    lines.append("</body></html>")
+    return "\n".join(lines) + "\n"
 
 
 async def project_page(request: web.Request) -> web.StreamResponse:
     """A PEP 691 project page with absolute file URLs (gzipped if the client accepts)."""
     state = request.app[STATE]
     project = request.match_info["project"]
-    if gen_size_kib(project) is not None:
+    if wheel_size_kib(project) is not None:
         return await gen_page(request, state, project)
     gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
-    key = (project, request.host, gzipped)
+    html = wants_html(request.headers.get("Accept"))
+    key = (project, request.host, gzipped, html)
     body = state.bodies.get(key)
     if body is None:
         page = page_json(state, project, f"{request.scheme}://{request.host}/files/")
         if page is None:
             raise web.HTTPNotFound(text="no such project\n")
-        body = json.dumps(page).encode()
+        body = (page_html(page) if html else json.dumps(page)).encode()
         if gzipped:
             body = gzip.compress(body, mtime=0)
         if len(state.bodies) < 1000:
             state.bodies[key] = body
-    response = web.Response(body=body, content_type=JSON_TYPE)
+    response = web.Response(body=body, content_type="text/html" if html else JSON_TYPE)
     if gzipped:
         response.headers["Content-Encoding"] = "gzip"
     return response
@@ -621,13 +774,15 @@ async def gen_page(request: web.Request, state: State, project: str) -> web.Stre
     if fault == "stall":
         await asyncio.sleep(state.faults.stall)
     gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
-    body = json.dumps(gen_page_json(state, project, f"{request.scheme}://{request.host}/files/"))
+    html = wants_html(request.headers.get("Accept"))
+    page = gen_page_json(state, project, f"{request.scheme}://{request.host}/files/")
+    body = page_html(page) if html else json.dumps(page)
     data = gzip.compress(body.encode(), compresslevel=1, mtime=0) if gzipped else body.encode()
     if fault == "corrupt":
         # Garbage, not a flipped bit: pages carry no checksum, so a page that still
         # parses with a changed hash is indistinguishable from a new release.
         data = state.faults.rng.randbytes(len(data))
-    response = web.StreamResponse(headers={"Content-Type": JSON_TYPE})
+    response = web.StreamResponse(headers={"Content-Type": "text/html" if html else JSON_TYPE})
     if gzipped:
         response.headers["Content-Encoding"] = "gzip"
     response.content_length = len(data)
@@ -754,6 +909,7 @@ def create_app(
     *,
     gen_versions: int = 4,
     faults: Faults | None = None,
+    list_size: int = 0,
 ) -> web.Application:
     """The upstream application for the files in ``directory`` (and page-only projects,
     and generated projects)."""
@@ -767,7 +923,10 @@ def create_app(
         bodies={},
         gen_versions=gen_versions,
         faults=faults or Faults(),
+        list_size=list_size,
     )
+    if list_size:
+        build_list_bodies(app[STATE])
     app.router.add_get("/simple/", root)
     app.router.add_get("/simple/{project}/", project_page)
     app.router.add_get("/files/{filename}", file)
@@ -839,6 +998,12 @@ def main() -> None:
     )
     parser.add_argument("--stall", type=float, default=4.0, help="seconds a stall lasts")
     parser.add_argument("--seed", type=int, default=0, help="seed of the faults")
+    parser.add_argument(
+        "--list-size",
+        type=int,
+        default=0,
+        help="made-up names added to the /simple/ project list (PyPI: about 930000)",
+    )
     args = parser.parse_args()
     faults = Faults(
         rate=args.faults,
@@ -848,7 +1013,12 @@ def main() -> None:
         rng=random.Random(args.seed),
     )
     app = create_app(
-        args.dir, args.rate, dict(args.project), gen_versions=args.gen_versions, faults=faults
+        args.dir,
+        args.rate,
+        dict(args.project),
+        gen_versions=args.gen_versions,
+        faults=faults,
+        list_size=args.list_size,
     )
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
 

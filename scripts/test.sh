@@ -7,13 +7,14 @@ PYTHON="${PYTHON:-python3}"
 
 # System tools some tests need, installed when missing (as root, with apt): promtool
 # (Debian's prometheus package) checks the monitoring config; chromium drives the
-# browser test; wrk drives the short load and soak runs of bench/. A temporary
-# policy-rc.d keeps the package from starting a Prometheus.
+# browser test; wrk and nginx drive the short runs of bench/ (load, soak, peers). A
+# temporary policy-rc.d keeps the packages from starting a Prometheus or an nginx.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=()
     command -v promtool >/dev/null || missing+=(prometheus)
     command -v chromium >/dev/null || missing+=(chromium fonts-dejavu-core)
     command -v wrk >/dev/null || missing+=(wrk)
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
     if [ ${#missing[@]} -gt 0 ]; then
         policy=/usr/sbin/policy-rc.d
         own_policy=0

@@ -114,15 +114,21 @@ def test_html_shape() -> None:
     ) in html
 
 
+MD5, SHA1, SHA512, BLAKE2B = "0f" * 16, "cc" * 20, "aa" * 64, "bb" * 64
+
+
 @pytest.mark.parametrize(
     ("hashes", "fragment"),
     [
-        ({"sha256": SHA, "md5": "00"}, f"#sha256={SHA}"),
-        ({"md5": "00", "sha512": "aa"}, "#sha512=aa"),
-        ({"blake2b": "bb", "md5": "00"}, "#md5=00"),
-        ({"blake2b": "bb"}, "#blake2b=bb"),
-        ({"SHA256": "AB"}, "#sha256=AB"),  # PEP 503: lowercase name, digest as given
-        ({"sha256": "not hex", "sha1": "cc"}, "#sha1=cc"),
+        ({"sha256": SHA, "md5": MD5}, f"#sha256={SHA}"),
+        ({"md5": MD5, "sha512": SHA512}, f"#sha512={SHA512}"),
+        ({"blake2b": BLAKE2B, "md5": MD5}, f"#md5={MD5}"),
+        ({"blake2b": BLAKE2B}, f"#blake2b={BLAKE2B}"),
+        # PEP 503: lowercase name, digest as given
+        ({"SHA256": SHA.upper()}, f"#sha256={SHA.upper()}"),
+        # A malformed digest is no hash (the model drops it).
+        ({"sha256": "not hex", "sha1": SHA1}, f"#sha1={SHA1}"),
+        ({"md5": "00"}, ""),
         ({"blake2b_256": "dd"}, ""),
         ({}, ""),
     ],

@@ -42,6 +42,7 @@ from pipgate.store.integrity import Scrubber
 from pipgate.store.reconcile import reconcile
 from pipgate.upstream.registry import Upstreams
 from pipgate.web import admin, auth, files, middleware, ops, pages, setup
+from pipgate.web.hot_pages import HotFiles, HotPages
 from pipgate.web.state import SERVICES, Services
 
 log = logging.getLogger("pipgate")
@@ -128,11 +129,16 @@ def create_app(
     once before starting them) and the shared ``multiprocess_dir`` of the metrics.
     With ``reload_config``, SIGHUP reloads the policy from it (a real server does).
     """
-    app = web.Application(middlewares=[middleware.observe, middleware.errors, auth.guard])
+    # The gate costs every request: it is there only when something is closed. Without
+    # an admin token there are no admin routes (their URLs are 404s like any unknown).
+    closed = config.htpasswd is not None or config.read_tokens is not None
+    guarded = closed or config.admin_token is not None
+    app = web.Application(middlewares=[middleware.observe, *([auth.guard] if guarded else [])])
     app.on_response_prepare.append(middleware.add_request_id)
     add_routes(app)
     auth.install(app, config)  # raises AuthFileError for a bad credential file
-    admin.install(app, reload_config=reload_config, supervised=multiprocess_dir is not None)
+    if config.admin_token is not None:
+        admin.install(app, reload_config=reload_config, supervised=multiprocess_dir is not None)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         metrics = Metrics(multiprocess_dir)
@@ -165,6 +171,8 @@ def create_app(
         audit_task = asyncio.create_task(audit.run(), name="audit")
         quarantine = QuarantineStore(config.cache_dir)
         policy = PolicyState(config)
+        hot_pages, hot_lists = HotPages(), HotFiles()
+        policy.on_change(hot_pages.clear)  # a reload or a quarantine is in force at once
         watcher = QuarantineWatcher(quarantine, policy.set_quarantine)
         await asyncio.to_thread(watcher.load_now)
         watch_task = asyncio.create_task(watcher.run(), name="quarantine-watch")
@@ -201,6 +209,8 @@ def create_app(
             audit=audit,
             incompatible=incompatible,
             policy=policy,
+            hot_pages=hot_pages,
+            hot_lists=hot_lists,
         )
         try:
             yield

@@ -588,7 +588,7 @@ def import_(config: Config, args: argparse.Namespace) -> int:
 
 def serve(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
     """Run the server until interrupted (SIGHUP reloads the policy)."""
-    logs.setup(config.log_level, config.log_format)
+    logs.setup(config.log_level, config.log_format, buffered=True)
     try:
         config.cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -598,6 +598,7 @@ def serve(config: Config, reload_config: Callable[[], Config] | None = None) -> 
         # Closes a cache made world-readable by an earlier umask, without a walk.
         config.cache_dir.chmod(0o750)
     serving.raise_open_file_limit()
+    serving.limit_malloc_arenas()
     # Checked before the start-up line, so that a bad file is the only line printed.
     try:
         serving.tls_context(config)  # a bad certificate stops the server here, once

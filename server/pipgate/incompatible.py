@@ -25,6 +25,7 @@ import diskcache
 from pipgate.compat import Environment, Verdict, verdicts
 from pipgate.metrics import Metrics
 from pipgate.simple.model import ProjectPage
+from pipgate.store.catalog import SQLITE_MEMORY
 
 log = logging.getLogger("pipgate.incompatible")
 
@@ -55,7 +56,9 @@ class IncompatibleLog:
     """Notes incompatible page fetches (off the event loop) and lists them."""
 
     def __init__(self, cache_dir: Path, metrics: Metrics) -> None:
-        self._cache = diskcache.Cache(str(cache_dir / "incompatible"), size_limit=1 << 28)
+        self._cache = diskcache.Cache(
+            str(cache_dir / "incompatible"), size_limit=1 << 28, **SQLITE_MEMORY
+        )
         self._metrics = metrics
         self._memo: OrderedDict[tuple[str, str], Incompatible | None] = OrderedDict()
         self._pending: set[asyncio.Task[None]] = set()

@@ -12,14 +12,26 @@ them; gauges say how workers combine (``livesum``, ``max``, ``mostrecent``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from pipgate import __version__
 from pipgate.errors import Reason
 from pipgate.useragent import INSTALLERS
+
+# The ``_created`` series (one per counter and histogram child, a timestamp) double the
+# exposition and no dashboard or alert reads them.
+disable_created_metrics()
 
 #: What a cache look-up was for: a project page or the project list, a file, its
 #: PEP 658 metadata.
@@ -81,6 +93,7 @@ class Metrics:
 
     def __init__(self, multiprocess_dir: Path | None = None) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._multiprocess_dir = multiprocess_dir
         r = self.registry
         self.download_failures = Counter(
@@ -280,7 +293,22 @@ class Metrics:
 
     def cache(self, kind: str, result: str) -> None:
         """Count one cache look-up (``kind`` in CACHE_KINDS, ``result`` in CACHE_RESULTS)."""
-        self.cache_requests.labels(kind=kind, result=result).inc()
+        self._child(self.cache_requests, (kind, result)).inc()
+
+    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one HTTP request and its duration (the per-request hot path)."""
+        self._child(self.http_requests, (route, method, str(status))).inc()
+        self._child(self.http_duration, (route,)).observe(seconds)
+
+    def _child(self, metric: Any, values: tuple[str, ...]) -> Any:
+        """``metric.labels(*values)``, remembered: ``labels()`` validates and locks on
+        every call, a few µs that every request paid several times. Label sets are
+        bounded (routes, statuses, closed sets), so the memo is too."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def render(self) -> bytes:
         """The text exposition: this worker's, or the sum over all workers."""

@@ -33,8 +33,12 @@ from pipgate.simple.render import (
 
 #: Bodies smaller than this are not worth compressing.
 GZIP_MIN_BYTES = 1024
-#: Memory bound of the rendered-page cache.
-CACHE_BYTES = 64 << 20
+#: Pages of at most this many files are rendered on the event loop: well under a
+#: millisecond, less than the hop to a worker thread and back.
+INLINE_FILES = 64
+#: Memory bound of the rendered-page cache (a page asked for every second is answered
+#: from :mod:`pipgate.web.hot_pages` anyway; this keeps the bodies of the next tier).
+CACHE_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,10 @@ class PageRenderer:
         if hit is not None:
             self._memo.move_to_end(key)
             return hit
-        rendered = await asyncio.to_thread(_render, page, digest, fmt, base, gzip_ok)
+        if len(page.files) <= INLINE_FILES:
+            rendered = _render(page, digest, fmt, base, gzip_ok)
+        else:
+            rendered = await asyncio.to_thread(_render, page, digest, fmt, base, gzip_ok)
         self._remember(key, rendered)
         return rendered
 

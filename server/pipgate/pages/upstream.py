@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from typing import cast
 
 from pipgate.config import Config
 from pipgate.errors import Reason, UpstreamError
@@ -71,13 +72,14 @@ class UpstreamPages:
 
     async def project(self, name: str, *, revalidate: bool = False) -> PageView:
         """The page of ``name`` in this upstream (a view without page if it has none)."""
+        record: PageRecord | object | None = _UNREAD
         if not revalidate:
             record = await self._cache.record(name)
-            if record is not None and record.age() < self._ttl(record):
+            if isinstance(record, PageRecord) and record.age() < self._ttl(record):
                 view = await self._cache.view(name, record, "hit")
                 if view is not None:
                     return view
-        return await self._shared_refresh(name)
+        return await self._shared_refresh(name, record)
 
     async def project_list(self, *, revalidate: bool = False) -> ProjectList:
         """This upstream's project list."""
@@ -95,17 +97,24 @@ class UpstreamPages:
 
     # --- refresh -------------------------------------------------------------------------
 
-    async def _shared_refresh(self, name: str) -> PageView:
+    async def _shared_refresh(self, name: str, known: PageRecord | object | None) -> PageView:
         task = self._inflight.get(name)
         if task is None:
-            task = asyncio.create_task(self._refresh(name), name=f"page:{self.name}:{name}")
+            task = asyncio.create_task(
+                self._refresh(name, known), name=f"page:{self.name}:{name}"
+            )
             self._inflight[name] = task
             task.add_done_callback(lambda _t: self._inflight.pop(name, None))
         # shield: one client going away must not cancel the fetch others wait for.
         return await asyncio.shield(task)
 
-    async def _refresh(self, name: str) -> PageView:
-        record = await self._catalog.get_page(self.name, name)
+    async def _refresh(self, name: str, known: PageRecord | object | None) -> PageView:
+        # The record read a moment ago (a cold page costs one catalog read, not two).
+        record = (
+            await self._catalog.get_page(self.name, name)
+            if known is _UNREAD
+            else cast(PageRecord | None, known)
+        )
         cached_200 = record is not None and record.status == 200
         if self._fetches is not None:
             try:
@@ -159,7 +168,19 @@ class UpstreamPages:
             fetched = await self._client.fetch_page(self._client.project_url(name))
         if fetched.status != 200:
             raise UpstreamError(Reason.BAD_PAGE, f"unexpected status {fetched.status}")
-        page = await asyncio.to_thread(self._parse, fetched, name)
+        page, record, unchanged = await asyncio.to_thread(
+            self._parse_and_store, fetched, name, old, now
+        )
+        self._cache.remember_record(name, record)
+        memo = await self._cache.remember(record.digest, page)
+        return memo.view("revalidated" if unchanged else "miss", 0.0)
+
+    def _parse_and_store(
+        self, fetched: PageFetch, name: str, old: PageRecord | None, now: float
+    ) -> tuple[ProjectPage, PageRecord, bool]:
+        """Parse, then record in the catalog: one worker-thread hop for both (a cold
+        page's own cost is mostly such hops)."""
+        page = self._parse(fetched, name)
         model = page.to_json()
         digest = hashlib.sha256(model).hexdigest()
         record = PageRecord(
@@ -171,10 +192,8 @@ class UpstreamPages:
             project_status=page.status,
         )
         unchanged = old is not None and old.status == 200 and old.digest == digest
-        await self._catalog.put_page(self.name, name, record, None if unchanged else model)
-        self._cache.remember_record(name, record)
-        memo = await self._cache.remember(digest, page)
-        return memo.view("revalidated" if unchanged else "miss", 0.0)
+        self._catalog.put_page_now(self.name, name, record, None if unchanged else model)
+        return page, record, unchanged
 
     def _parse(self, fetched: PageFetch, name: str) -> ProjectPage:
         """Parse by Content-Type (sniffing when it is missing); drop unusable links."""
@@ -216,6 +235,10 @@ class UpstreamPages:
                 hint,
             )
         return page
+
+
+#: ``project()`` did not read the record (a forced revalidation): ``_refresh`` reads it.
+_UNREAD = object()
 
 
 def list_dir_name(name: str) -> str:

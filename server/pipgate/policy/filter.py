@@ -50,14 +50,24 @@ class PolicyState:
         self.config = config
         self.quarantine: tuple[QuarantineEntry, ...] = tuple(quarantine)
         self.policy = Policy(config, self.quarantine)
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever another policy comes into force."""
+        self._listeners.append(listener)
 
     def set_quarantine(self, entries: Sequence[QuarantineEntry]) -> None:
         self.quarantine = tuple(entries)
-        self.policy = Policy(self.config, self.quarantine)
+        self._replace(Policy(self.config, self.quarantine))
 
     def set_config(self, config: Config) -> None:
         self.config = config
-        self.policy = Policy(config, self.quarantine)
+        self._replace(Policy(config, self.quarantine))
+
+    def _replace(self, policy: Policy) -> None:
+        self.policy = policy
+        for listener in self._listeners:
+            listener()
 
 
 @dataclass(frozen=True)

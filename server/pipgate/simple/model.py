@@ -8,6 +8,7 @@ time through a callback, so the cached model never depends on who asked.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -101,6 +102,31 @@ _TIMESTAMP = re.compile(
 _DATA_ATTR = re.compile(r"data-[a-z0-9_.:-]+\Z")
 
 
+#: PEP 503: the fragment's hash name is one of hashlib's guaranteed algorithms; its
+#: value is the hex digest, of the algorithm's length (shake_* have none and are out).
+_HEX_LENGTHS = {
+    name: hashlib.new(name).digest_size * 2
+    for name in hashlib.algorithms_guaranteed
+    if not name.startswith("shake_")
+}
+_HEX = re.compile(r"[0-9a-fA-F]+\Z")
+
+
+def is_known_hash(name: str) -> bool:
+    """Whether ``name`` is a hash algorithm pipgate can check."""
+    return name.lower() in _HEX_LENGTHS
+
+
+def is_valid_hash(name: str, digest: str) -> bool:
+    """Whether ``digest`` is hex of the right length for hash algorithm ``name``.
+
+    A hash of any other shape is no hash at all: pipgate would otherwise key, or
+    "verify", files by a value that can never match.
+    """
+    length = _HEX_LENGTHS.get(name.lower())
+    return length is not None and len(digest) == length and _HEX.match(digest) is not None
+
+
 def is_safe_filename(value: str) -> bool:
     """A distribution filename fit for a path segment and a log line: no separators,
     no NUL or other unprintable characters, no dot-files."""
@@ -182,6 +208,13 @@ class DistFile:
         def drop(name: str, value: object) -> None:
             object.__setattr__(self, name, value)
 
+        if any(is_known_hash(k) and not is_valid_hash(k, v) for k, v in self.hashes.items()):
+            # A malformed hash of an algorithm pipgate checks is no hash (names it does
+            # not know pass through for clients that do).
+            hashes = {
+                k: v for k, v in self.hashes.items() if not is_known_hash(k) or is_valid_hash(k, v)
+            }
+            drop("hashes", hashes)
         size = self.size
         if size is not None and not (type(size) is int and 0 <= size <= MAX_SIZE):
             drop("size", None)

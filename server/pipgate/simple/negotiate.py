@@ -10,6 +10,7 @@ rather than 406, so no client is ever locked out by an odd header.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 
 _V1_HTML = "application/vnd.pypi.simple.v1+html"
@@ -79,6 +80,7 @@ _QVALUE = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)\Z")
 _EXACT, _TYPE_WILDCARD, _ANY = 3, 2, 1
 
 
+@functools.lru_cache(maxsize=512)  # a few header values arrive all day
 def choose_format(accept: str | None, format_param: str | None) -> PageFormat:
     """Pick the representation for a request; never raises and never says 406."""
     if format_param:

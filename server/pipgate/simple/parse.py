@@ -9,7 +9,6 @@ one bad link upstream must not take a whole project offline.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import html
 import json
 import re
@@ -28,7 +27,9 @@ from pipgate.simple.model import (
     ProjectEntry,
     ProjectPage,
     api_version_tuple,
+    is_known_hash,
     is_safe_filename,
+    is_valid_hash,
 )
 from pipgate.simple.names import MAX_NAME_LENGTH, is_valid_name, normalize
 
@@ -48,30 +49,11 @@ class PageParseError(ValueError):
 # ---------------------------------------------------------------------------------------
 # Shared helpers
 
-#: PEP 503: the fragment's hash name is one of hashlib's guaranteed algorithms; its
-#: value is the hex digest, of the algorithm's length (shake_* have none and are out).
-_HEX_LENGTHS = {
-    name: hashlib.new(name).digest_size * 2
-    for name in hashlib.algorithms_guaranteed
-    if not name.startswith("shake_")
-}
-_HEX = re.compile(r"[0-9a-fA-F]+\Z")
-
 #: Causes passed to ``on_skip`` for a file entry that is left out: a link that is not
 #: http(s), and a second file of the same name.
 SKIP_SCHEME = "scheme"
 SKIP_DUPLICATE = "duplicate"
 SkipCallback = Callable[[str], None]
-
-
-def is_valid_hash(name: str, digest: str) -> bool:
-    """Whether ``digest`` is hex of the right length for hash algorithm ``name``.
-
-    A hash of any other shape is no hash at all: pipgate would otherwise key, or
-    "verify", files by a value that can never match.
-    """
-    length = _HEX_LENGTHS.get(name.lower())
-    return length is not None and len(digest) == length and _HEX.match(digest) is not None
 
 
 _DIGITS = re.compile(r"[0-9]{1,19}\Z")
@@ -270,7 +252,7 @@ def _json_hashes(value: object) -> dict[str, str]:
         raise _BadEntry
     # Byte-identical names and digests; a known algorithm's malformed digest is dropped,
     # names pipgate does not know are passed through for clients that do.
-    return {k: v for k, v in value.items() if k.lower() not in _HEX_LENGTHS or is_valid_hash(k, v)}
+    return {k: v for k, v in value.items() if not is_known_hash(k) or is_valid_hash(k, v)}
 
 
 def _strict_str(value: object) -> str | None:
@@ -302,7 +284,7 @@ def _json_core_metadata(entry: dict[str, Any]) -> CoreMetadata:
             hashes = {
                 k: v
                 for k, v in value.items()
-                if k.lower() not in _HEX_LENGTHS or is_valid_hash(k, v)
+                if not is_known_hash(k) or is_valid_hash(k, v)
             }
             # A metadata file whose published hashes are all malformed: it exists.
             return hashes or (True if value else {})

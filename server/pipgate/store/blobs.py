@@ -2,7 +2,8 @@
 
 Layout: ``<cache>/blobs/ab/cd/<sha256>``. A blob is written to ``<cache>/tmp/``,
 hashed while written, fsynced, checked against the published hash and only then
-renamed into place (same filesystem, atomic), followed by an fsync of the directory.
+renamed into place (same filesystem, atomic), then the directory is fsynced (for a
+download, just after its clients got their last byte).
 So a blob path that exists is always complete and verified; a crash leaves at most a
 temp file, which :meth:`BlobStore.clean_temp` removes at start-up.
 
@@ -220,8 +221,14 @@ class BlobWriter:
         """Make written bytes visible to readers of the temp file."""
         self._file.flush()
 
-    def commit(self) -> Committed:
-        """Verify, fsync and move into place. Raises :class:`IntegrityError` on mismatch."""
+    def commit(self, *, sync_dir: bool = True) -> Committed:
+        """Verify, fsync and move into place. Raises :class:`IntegrityError` on mismatch.
+
+        ``sync_dir=False``: the caller fsyncs the directory itself, later
+        (:func:`sync_directory`), off its client's path: the rename is visible at once
+        to every process, and until that fsync a power loss can only lose the blob
+        whole, never leave it partial.
+        """
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -240,7 +247,8 @@ class BlobWriter:
         final = self._store.path(sha256)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.path, final)
-        _fsync_dir(final.parent)
+        if sync_dir:
+            sync_directory(final.parent)
         return Committed(sha256=sha256, size=self.written, path=final, verified=verified)
 
     def discard(self) -> None:
@@ -265,8 +273,8 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def _fsync_dir(path: Path) -> None:
-    # The rename is durable only once the directory entry is on disk.
+def sync_directory(path: Path) -> None:
+    """fsync a directory: a rename into it is durable only once its entry is on disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

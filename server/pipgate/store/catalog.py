@@ -33,6 +33,13 @@ import diskcache
 log = logging.getLogger("pipgate.catalog")
 
 
+#: diskcache's defaults give every SQLite connection (one per thread that touches the
+#: catalog) a 32 MiB page cache and a 64 MiB memory map, which fill as the catalog grows:
+#: a worker grew ~80 MiB in a 10-minute soak. Hot records are memoised above SQLite, so
+#: a 1 MiB page cache and plain reads cost the warm path nothing.
+SQLITE_MEMORY = {"sqlite_cache_size": 256, "sqlite_mmap_size": 0}
+
+
 @dataclass(frozen=True)
 class PageRecord:
     """What pipgate knows about one cached project page."""
@@ -107,7 +114,7 @@ class Catalog:
             # every blob at start-up).
             with contextlib.suppress(OSError):
                 legacy.rename(directory)
-        self._cache = diskcache.Cache(str(directory), size_limit=1 << 40)
+        self._cache = diskcache.Cache(str(directory), size_limit=1 << 40, **SQLITE_MEMORY)
 
     def close(self) -> None:
         """Close the SQLite connection."""

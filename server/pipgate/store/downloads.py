@@ -33,11 +33,18 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from contextlib import AbstractAsyncContextManager
 from enum import Enum
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from pipgate.errors import Reason, UpstreamError, classify
 from pipgate.metrics import Metrics
-from pipgate.store.blobs import VERIFIABLE, BlobStore, BlobWriter, Committed, IntegrityError
+from pipgate.store.blobs import (
+    VERIFIABLE,
+    BlobStore,
+    BlobWriter,
+    Committed,
+    IntegrityError,
+    sync_directory,
+)
 from pipgate.store.locks import DownloadLock
 
 log = logging.getLogger("pipgate.downloads")
@@ -240,8 +247,11 @@ class Download:
         """Download (or follow another worker's download); never raises."""
         lock = DownloadLock(self._store.download_lock_path(self.key))
         try:
-            self.owner = await asyncio.to_thread(lock.try_acquire)
-            if self.owner:
+            self.owner, existing = await asyncio.to_thread(self._claim, lock)
+            if existing is not None:
+                # Another worker committed it just before we took the lock.
+                self._finish(existing)
+            elif self.owner:
                 await self._fetch(lock)
             else:
                 await self._follow(lock.path)
@@ -259,26 +269,29 @@ class Download:
             self._started.set()
             self._notify()
 
+    def _claim(self, lock: DownloadLock) -> tuple[bool, Committed | None]:
+        """Take the download lock, then see whether the blob is there already (blocking;
+        one worker-thread hop for what a cold file needs before it asks upstream)."""
+        if not lock.try_acquire():
+            return False, None
+        sha = self._expected.get("sha256", "")
+        if sha and self._store.exists(sha):
+            return True, _existing(self._store, sha)
+        lock.write_state({})
+        return True, None
+
     async def _fetch(self, lock: DownloadLock) -> None:
         """Own the download: upstream -> temp file -> verify -> blob."""
-        sha = self._expected.get("sha256", "")
-        present = bool(sha) and await asyncio.to_thread(self._store.exists, sha)
-        if present:
-            # Another worker committed it just before we took the lock.
-            self._finish(await asyncio.to_thread(_existing, self._store, sha))
-            return
         token = uuid.uuid4().hex
-        await asyncio.to_thread(lock.write_state, {})
         writer: BlobWriter | None = None
         self._metrics.inflight_downloads.inc()
         try:
             async with self._fetch_body() as body:
                 size = body.size if body.size is not None else self._expected_size
                 bound = self._bound(body.size)
-                writer = await self._open_writer(size)
-                self.size = size
                 state = {"token": token, "state": "running", "size": size}
-                await asyncio.to_thread(lock.write_state, state)
+                writer = await self._open_writer(size, lock, state)
+                self.size = size
                 self._started.set()
                 async for chunk in body.chunks():
                     if bound is not None and writer.written + len(chunk) > bound:
@@ -297,7 +310,7 @@ class Download:
                     Reason.TRUNCATED, f"body ended after {writer.written} of {self.size} bytes"
                 )
             try:
-                committed = await asyncio.to_thread(writer.commit)
+                committed = await asyncio.to_thread(writer.commit, sync_dir=False)
             except IntegrityError as exc:
                 raise UpstreamError(Reason(exc.kind), str(exc)) from exc
             except OSError as exc:
@@ -314,6 +327,9 @@ class Download:
                 },
             )
             self._finish(committed)
+            self._notify()  # readers take the last byte now, not after the clean-up hops
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(sync_directory, committed.path.parent)
         finally:
             self._metrics.inflight_downloads.dec()
             if writer is not None:
@@ -334,18 +350,30 @@ class Download:
             return min(known)
         return self._max_size or None
 
-    async def _open_writer(self, size: int | None) -> BlobWriter:
-        free, reserved = await asyncio.to_thread(self._store.free_and_reserved, self.key)
-        if size is not None and free - reserved < size + FREE_SPACE_RESERVE:
-            raise self._storage_error(
-                OSError(
+    async def _open_writer(
+        self, size: int | None, lock: DownloadLock, state: dict[str, Any]
+    ) -> BlobWriter:
+        """Check the free space, open the temp file and publish ``state`` to followers,
+        in one worker-thread hop."""
+
+        def open_writer() -> BlobWriter:
+            free, reserved = self._store.free_and_reserved(self.key)
+            if size is not None and free - reserved < size + FREE_SPACE_RESERVE:
+                raise OSError(
                     errno.ENOSPC,
                     f"not enough free space ({free} bytes free, {reserved} of them "
                     "promised to downloads in flight)",
                 )
-            )
+            writer = self._store.writer(self._expected, size, self.temp_path)
+            try:
+                lock.write_state(state)
+            except BaseException:
+                writer.discard()
+                raise
+            return writer
+
         try:
-            return await asyncio.to_thread(self._store.writer, self._expected, size, self.temp_path)
+            return await asyncio.to_thread(open_writer)
         except OSError as exc:
             raise self._storage_error(exc) from exc
 

@@ -182,6 +182,7 @@ async def purge_pages(request: web.Request) -> web.Response:
         )
     except ValueError as exc:
         return _error(400, str(exc))
+    services(request).hot_pages.clear()
     _done(request, "purge pages", project=result["project"], upstreams=len(result["purged"]))
     return web.json_response(result)
 

@@ -332,10 +332,12 @@ def _close_acquired(task: asyncio.Future[int]) -> None:
 
 
 async def send_file_path(
-    request: web.Request, path: Path, headers: dict[str, str]
+    request: web.Request, path: Path, headers: dict[str, str], *, size: int | None = None
 ) -> web.StreamResponse:
-    """Send a whole file from disk (the rendered project list) with sendfile."""
-    size = await asyncio.to_thread(lambda: path.stat().st_size)
+    """Send a whole file from disk (the rendered project list) with sendfile; ``size``
+    when the caller knows it (a rendered list never changes under its name)."""
+    if size is None:
+        size = await asyncio.to_thread(lambda: path.stat().st_size)
     response = web.StreamResponse(status=200, headers=headers)
     response.content_length = size
     if request.method == "HEAD":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from http import HTTPStatus
 
@@ -31,6 +32,7 @@ def wants_revalidation(cache_control: str | None, pragma: str | None = None) -> 
 _QVALUE = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)\Z")
 
 
+@functools.lru_cache(maxsize=512)  # a few header values arrive all day
 def accepts_gzip(accept_encoding: str | None) -> bool:
     """Whether ``Accept-Encoding`` allows gzip (with q > 0).
 

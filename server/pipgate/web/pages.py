@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import string
 from urllib.parse import quote
 
@@ -9,12 +10,13 @@ from aiohttp import web
 
 from pipgate.compat import environment_of
 from pipgate.pages.bodies import list_etag
+from pipgate.simple.model import ProjectPage
 from pipgate.simple.names import is_valid_name, normalize
 from pipgate.simple.negotiate import PageFormat, choose_format
 from pipgate.web.files import send_file_path
 from pipgate.web.http import accepts_gzip, text_error, wants_revalidation
 from pipgate.web.ranges import etag_matches
-from pipgate.web.state import services
+from pipgate.web.state import Services, services
 
 #: PEP 503 pages vary by Accept (format) and Accept-Encoding (gzip).
 VARY = "Accept, Accept-Encoding"
@@ -26,10 +28,19 @@ async def root(request: web.Request) -> web.StreamResponse:
     """``GET /simple/``: the project list, streamed from its rendered files."""
     svc = services(request)
     fmt = _format(request)
-    listing = await svc.pages.project_list(revalidate=_revalidate(request))
-    svc.metrics.cache("page", listing.result)
     gz = accepts_gzip(request.headers.get("Accept-Encoding"))
     variant = ("json" if fmt.is_json else "html") + (".gz" if gz else "")
+    revalidate = _revalidate(request)
+    hot = None if revalidate else svc.hot_lists.get(variant)
+    if hot is not None:
+        entry, now = hot
+        svc.metrics.cache("page", "hit")
+        headers = {**entry.headers, "Age": entry.age_at(now)}
+        if etag_matches(request.headers.get("If-None-Match"), entry.etag):
+            return web.Response(status=304, headers=_without_type(headers))
+        return await send_file_path(request, entry.path, headers, size=entry.size)
+    listing = await svc.pages.project_list(revalidate=revalidate)
+    svc.metrics.cache("page", listing.result)
     etag = list_etag(listing.digest, fmt, gz)
     headers = _page_headers(fmt, etag, listing.age, svc.config.root_ttl, listing.result)
     if gz:
@@ -37,6 +48,22 @@ async def root(request: web.Request) -> web.StreamResponse:
     if etag_matches(request.headers.get("If-None-Match"), etag):
         return web.Response(status=304, headers=_without_type(headers))
     files = await svc.lists.files(listing)
+    if listing.result in _FRESH:
+        hot_headers = _page_headers(fmt, etag, listing.age, svc.config.root_ttl, "hit")
+        del hot_headers["Age"]
+        if gz:
+            hot_headers["Content-Encoding"] = "gzip"
+        size = await asyncio.to_thread(lambda: files[variant].stat().st_size)
+        svc.hot_lists.put(
+            variant,
+            path=files[variant],
+            size=size,
+            headers=hot_headers,
+            etag=etag,
+            age=listing.age,
+            fresh_for=svc.config.root_ttl - listing.age,
+        )
+        return await send_file_path(request, files[variant], headers, size=size)
     return await send_file_path(request, files[variant], headers)
 
 
@@ -52,7 +79,18 @@ async def project(request: web.Request) -> web.StreamResponse:
         return _redirect(request, f"../{quote(name)}/")
     svc = services(request)
     fmt = _format(request)
-    view = await svc.pages.project(name, revalidate=_revalidate(request))
+    base = link_base(request)
+    gzip_ok = accepts_gzip(request.headers.get("Accept-Encoding"))
+    revalidate = _revalidate(request)
+    key = (name, fmt.variant, gzip_ok, base)
+    hot = None if revalidate else svc.hot_pages.get(key)
+    if hot is not None:
+        entry, now = hot
+        svc.metrics.cache("page", "hit")
+        headers = {**entry.headers, "Age": entry.age_at(now)}
+        return _answer(request, svc, entry.body, headers, entry.etag, entry.page, entry.digest)
+
+    view = await svc.pages.project(name, revalidate=revalidate)
     svc.metrics.cache("page", view.result)
     if view.page is None:
         response = text_error(
@@ -62,33 +100,66 @@ async def project(request: web.Request) -> web.StreamResponse:
         )
         response.headers["Cache-Control"] = f"max-age={int(svc.config.negative_ttl)}"
         return response
-    base = link_base(request)
-    gzip_ok = accepts_gzip(request.headers.get("Accept-Encoding"))
     rendered = await svc.renderer.render(view.page, view.digest, fmt, base, gzip_ok)
     # A page whose content changes by itself (a file leaving its release cooldown) is
     # fresh only until then in clients' caches too.
     ttl = svc.config.index_ttl
     if view.expires_in is not None:
         ttl = max(0.0, min(ttl, view.age + view.expires_in))  # max-age counts from Age
-    headers = _page_headers(fmt, rendered.etag, view.age, ttl, view.result)
-    if base is not None and not svc.config.public_url:
-        # Links are built from the forwarded headers: a shared cache must keep apart
-        # the pages different front ends asked for.
-        headers["Vary"] = f"{VARY}, {FORWARDED_VARY}"
-    if view.upstream is not None:
-        # Which upstream owns the project (a merged page: the first that has it).
-        headers["X-Pipgate-Upstream"] = view.upstream
-    if rendered.gzipped:
-        headers["Content-Encoding"] = "gzip"
-    if etag_matches(request.headers.get("If-None-Match"), rendered.etag):
+
+    def headers_as(result: str) -> dict[str, str]:
+        headers = _page_headers(fmt, rendered.etag, view.age, ttl, result)
+        if base is not None and not svc.config.public_url:
+            # Links are built from the forwarded headers: a shared cache must keep
+            # apart the pages different front ends asked for.
+            headers["Vary"] = f"{VARY}, {FORWARDED_VARY}"
+        if view.upstream is not None:
+            # Which upstream owns the project (a merged page: the first that has it).
+            headers["X-Pipgate-Upstream"] = view.upstream
+        if rendered.gzipped:
+            headers["Content-Encoding"] = "gzip"
+        return headers
+
+    headers = headers_as(view.result)
+    if view.result in _FRESH:
+        # Asked again within the second, this is a hit: answered from memory.
+        hot_headers = headers_as("hit")
+        del hot_headers["Age"]
+        svc.hot_pages.put(
+            key,
+            body=rendered.body,
+            headers=hot_headers,
+            etag=rendered.etag,
+            age=view.age,
+            fresh_for=ttl - view.age,
+            page=view.page,
+            digest=view.digest,
+        )
+    return _answer(request, svc, rendered.body, headers, rendered.etag, view.page, view.digest)
+
+
+#: Results whose page is fresh: answers made from them may be reused (a stale page
+#: is not: every request for it should try upstream again).
+_FRESH = frozenset({"hit", "miss", "revalidated"})
+
+
+def _answer(
+    request: web.Request,
+    svc: Services,
+    body: bytes,
+    headers: dict[str, str],
+    etag: str,
+    page: ProjectPage,
+    digest: str,
+) -> web.Response:
+    if etag_matches(request.headers.get("If-None-Match"), etag):
         return web.Response(status=304, headers=_without_type(headers))
     env = environment_of(request.headers.get("User-Agent"))
     if env is not None:
         # An installer that said what it runs on: note it if nothing new installs there.
-        svc.incompatible.page_served(view.page, view.digest, env)
-    response = web.Response(body=rendered.body, headers=headers)
+        svc.incompatible.page_served(page, digest, env)
     # The body is already encoded as negotiated; aiohttp must not touch it.
-    return response
+    return web.Response(body=body, headers=headers)
 
 
 async def project_no_slash(request: web.Request) -> web.StreamResponse:

@@ -18,6 +18,7 @@ from pipgate.policy.filter import PolicyState
 from pipgate.store.blobs import BlobStore
 from pipgate.store.evict import Evictor
 from pipgate.upstream.registry import Upstreams
+from pipgate.web.hot_pages import HotFiles, HotPages
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class Services:
     incompatible: IncompatibleLog
     #: The policy in force (reloaded on SIGHUP, quarantine changes).
     policy: PolicyState
+    #: Finished answers of warm pages and of the project list, reused for a second.
+    hot_pages: HotPages
+    hot_lists: HotFiles
 
 
 SERVICES = web.AppKey("services", Services)
