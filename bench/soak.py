@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quiet", type=float, default=2.0, help="s without load before a quiet sample (2)"
     )
     parser.add_argument(
-        "--rss-growth", type=float, default=24.0, help="MiB a process may grow (24)"
+        "--rss-growth", type=float, default=40.0, help="MiB a process may grow (40)"
     )
     parser.add_argument(
         "--fd-growth", type=int, default=4, help="non-upstream descriptors a process may add (4)"

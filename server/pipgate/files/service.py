@@ -12,6 +12,7 @@ reach the client while they arrive.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ TOUCH_INTERVAL = 60.0
 BAD_FILE_SECONDS = 60.0
 #: How long a cache hit is remembered in memory before it is looked up again.
 HIT_MEMO_SECONDS = 5.0
+#: Oldest entries of the per-file memos looked at for expiry on each insert.
+SWEEP = 8
 HIT_MEMO_ENTRIES = 10_000
 
 
@@ -346,9 +349,17 @@ class FileService:
         return served
 
     def _remember_hit(self, key: str, served: Served) -> None:
+        now = time.monotonic()
+        # Hits live seconds: the oldest expired ones go (files asked for once would
+        # otherwise stay until the bound, a few MiB per worker).
+        for old in list(itertools.islice(self._hits, SWEEP)):
+            if now - self._hits[old][1] <= HIT_MEMO_SECONDS:
+                break
+            del self._hits[old]
         if len(self._hits) >= HIT_MEMO_ENTRIES:
             self._hits.clear()
-        self._hits[(key, served.filename)] = (served, time.monotonic())
+        self._hits.pop((key, served.filename), None)  # to the end: oldest stay first
+        self._hits[(key, served.filename)] = (served, now)
 
     def _cached(self, offer: FileOffer, key: str) -> Served | None:
         """The cached blob of an offered file, if any (blocking).
@@ -408,8 +419,14 @@ class FileService:
         now = time.time()
         if now - self._touched.get(sha256, 0.0) < TOUCH_INTERVAL:
             return
+        # Only touches within the interval matter: the oldest expired ones go.
+        for old in list(itertools.islice(self._touched, SWEEP)):
+            if now - self._touched[old] < TOUCH_INTERVAL:
+                break
+            del self._touched[old]
         if len(self._touched) > 100_000:
             self._touched.clear()
+        self._touched.pop(sha256, None)  # to the end: oldest stay first
         self._touched[sha256] = now
         await self._catalog.touch(sha256, now)
 

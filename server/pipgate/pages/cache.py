@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -42,9 +43,16 @@ class PageCache:
         return record
 
     def remember_record(self, name: str, record: PageRecord) -> None:
+        now = time.monotonic()
+        # Records are reused for seconds: the oldest expired ones go on every insert.
+        for old in list(itertools.islice(self._records, 8)):
+            if now - self._records[old][1] <= RECORD_MEMO_SECONDS:
+                break
+            del self._records[old]
         if len(self._records) >= RECORD_MEMO_ENTRIES:
             self._records.clear()
-        self._records[name] = (record, time.monotonic())
+        self._records.pop(name, None)  # to the end: oldest stay first
+        self._records[name] = (record, now)
 
     async def view(self, name: str, record: PageRecord, result: str) -> PageView | None:
         if record.status != 200:
