@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1021,26 +1021,41 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
 
 
+def run_in_workdir(
+    name: str,
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace, Path], dict[str, Any]],
+    say: Callable[[str], None] = log,
+) -> tuple[dict[str, Any] | None, str | None]:
+    """``run(args, workdir)`` in a fresh temp dir (removed after, unless ``--keep``)
+    under the ``--timeout`` watchdog: the results, or ``None`` and why it could not run."""
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"pipgate-{name}-", dir=args.workdir))
+    # A shell starts background jobs with SIGINT ignored; the watchdog (and Ctrl-C) need it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with watchdog(args.timeout):
+            return run(args, workdir), None
+    except (BenchError, OSError, subprocess.SubprocessError) as exc:
+        say(f"failed: {exc}")
+        return None, f"could not run: {str(exc).splitlines()[0][:200] if str(exc) else exc!r}"
+    except KeyboardInterrupt:
+        say("interrupted (or --timeout)")
+        return None, f"interrupted or timed out after --timeout {args.timeout:g} s"
+    finally:
+        if args.keep:
+            say(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main() -> int:
     """Run the benchmark; exit 1 when a correctness check fails, 2 when it cannot run."""
     args = build_parser().parse_args()
-    if args.workdir:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="pipgate-bench-", dir=args.workdir))
-    try:
-        with watchdog(args.timeout):
-            result = run(args, workdir)
-    except (BenchError, OSError) as exc:
-        log(f"failed: {exc}")
+    result, _ = run_in_workdir("bench", args, run)
+    if result is None:
         return 2
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 2
-    finally:
-        if args.keep:
-            log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     print(report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

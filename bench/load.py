@@ -31,7 +31,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -54,8 +53,8 @@ from bench import (
     git_describe,
     pipgate_origin,
     process_tree,
+    run_in_workdir,
     wait_healthy,
-    watchdog,
 )
 from upstream import WheelMaker, gen_filename, gen_project, gen_version
 
@@ -1210,25 +1209,10 @@ def main_with(
     """Run ``run_fn(args, workdir)`` in a temp dir under a watchdog; print the report;
     exit 0 (pass), 1 (a check failed) or 2 (could not run)."""
     args.server_env = dict(args.server_env)
-    if args.workdir:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f"pipgate-{name}-", dir=args.workdir))
-    try:
-        with watchdog(args.timeout):
-            result = run_fn(args, workdir)
-    except (BenchError, OSError, subprocess.SubprocessError) as exc:
-        log(f"failed: {exc}", name)
-        print(f"{name}: FAIL (could not run: {str(exc).splitlines()[0][:200]})")
+    result, problem = run_in_workdir(name, args, run_fn, lambda m: log(m, name))
+    if result is None:
+        print(f"{name}: FAIL ({problem})")
         return 2
-    except KeyboardInterrupt:
-        log("interrupted (or --timeout)", name)
-        print(f"{name}: FAIL (interrupted or timed out after --timeout {args.timeout:g} s)")
-        return 2
-    finally:
-        if args.keep:
-            log(f"kept {workdir}", name)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(report_fn(result))

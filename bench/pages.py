@@ -24,7 +24,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -47,8 +46,8 @@ from bench import (
     log,
     pipgate_origin,
     process_tree,
+    run_in_workdir,
     stop_process,
-    watchdog,
 )
 
 #: What each format's load sends as ``Accept``.
@@ -568,23 +567,9 @@ def main() -> int:
             "wrk not found (Debian: apt-get install wrk): using the Python client, which "
             "takes more CPU from pipgate; compare only with runs of the same client"
         )
-    if args.workdir:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="pipgate-pages-", dir=args.workdir))
-    try:
-        with watchdog(args.timeout):
-            result = run(args, workdir)
-    except (BenchError, OSError, subprocess.SubprocessError) as exc:
-        log(f"failed: {exc}")
+    result, _ = run_in_workdir("pages", args, run)
+    if result is None:
         return 2
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 2
-    finally:
-        if args.keep:
-            log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     print(report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

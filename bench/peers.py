@@ -35,7 +35,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -60,11 +59,11 @@ from bench import (
     memory_kib,
     pipgate_origin,
     process_tree,
+    run_in_workdir,
     start_process,
     stop_process,
     tail,
     wait_healthy,
-    watchdog,
 )
 from load import SERVER_ENV, FakeUpstream, PipgateServer, log_problems
 from pages import ACCEPT, COMMON_HEADERS, WRK_SCRIPT, Load, check_page, cpu_seconds, run_wrk
@@ -976,25 +975,9 @@ def main() -> int:
     if missing:
         log(f"{' and '.join(missing)} not found: run `sudo bash bench/setup.sh` first")
         return 2
-    if args.workdir:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="pipgate-peers-", dir=args.workdir))
-    # A shell starts background jobs with SIGINT ignored; the watchdog (and Ctrl-C) need it.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with watchdog(args.timeout):
-            result = run(args, workdir)
-    except (BenchError, OSError, subprocess.SubprocessError) as exc:
-        log(f"failed: {exc}")
+    result, _ = run_in_workdir("peers", args, run)
+    if result is None:
         return 2
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 2
-    finally:
-        if args.keep:
-            log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     report = markdown(result)
     print(report)
     if args.markdown:
