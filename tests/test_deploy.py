@@ -54,6 +54,7 @@ ALERTS = {
     "PipgateCacheNearlyFull",
     "PipgateIntegrityFailures",
     "PipgateNotScraped",
+    "PipgateFleetCoordinationDown",
 }
 #: Metrics the dashboard must chart (the panels the deployment promises).
 DASHBOARD_METRICS = {
@@ -77,8 +78,9 @@ METRIC_NAME = re.compile(r"\bpipgate_[a-z0-9_]+\b")
 SELECTOR = re.compile(r"\b(pipgate_[a-z0-9_]+)\{([^}]*)\}")
 MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
 GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
-#: Labels Prometheus adds or PromQL makes up, not in pipgate's exposition.
-TARGET_LABELS = {"instance", "job", "le"}
+#: Labels Prometheus adds or PromQL makes up, not in pipgate's exposition (``replica``:
+#: relabelled from the target for the replicas of a fleet, see prometheus.yml).
+TARGET_LABELS = {"instance", "job", "le", "replica"}
 
 
 def load_yaml(path: Path) -> Any:

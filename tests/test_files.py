@@ -216,3 +216,39 @@ async def test_cache_metrics_count_hits_and_misses(gate: TestClient) -> None:
     assert await metric(gate, "pipgate_cache_requests_total", kind="file", result="miss") == 1
     assert await metric(gate, "pipgate_cache_requests_total", kind="file", result="hit") == 1
     assert await metric(gate, "pipgate_cache_requests_total", kind="page", result="miss") == 1
+
+
+async def test_small_file_corrupted_on_disk_is_never_sent_and_is_fetched_again(
+    gate: TestClient, upstream: FakePyPI
+) -> None:
+    """Small blobs are answered from memory after one verified read: a blob that rotted
+    on disk before that read is removed and downloaded again, not sent."""
+    path = await file_path(gate, "alpha", ALPHA)
+    await (await gate.get(path)).read()  # the miss: downloaded and committed
+    blob = gate.server.app[SERVICES].blobs.path(dist(ALPHA).sha256)
+    good = blob.read_bytes()
+    blob.write_bytes(bytes([good[0] ^ 0xFF]) + good[1:])  # bit rot, same length
+
+    again = await gate.get(path)
+    assert again.status == 200
+    assert await again.read() == dist(ALPHA).data
+    assert upstream.downloads(ALPHA) == 2
+    assert blob.read_bytes() == good  # the fresh download replaced the rotten blob
+    assert await metric(gate, "pipgate_integrity_checks_total", result="corrupt") == 1
+
+
+async def test_small_file_from_memory_keeps_range_head_and_etag(gate: TestClient) -> None:
+    path = await file_path(gate, "alpha", ALPHA)
+    await (await gate.get(path)).read()
+    data = dist(ALPHA).data
+    blob = gate.server.app[SERVICES].blobs.path(dist(ALPHA).sha256)
+    for _ in range(2):  # the first hit reads the disk, the second is memory only
+        whole = await gate.get(path)
+        assert (whole.status, await whole.read()) == (200, data)
+        assert whole.headers["ETag"] == f'"{dist(ALPHA).sha256}"'
+        part = await gate.get(path, headers={"Range": "bytes=3-9"})
+        assert (part.status, await part.read()) == (206, data[3:10])
+        head = await gate.head(path)
+        assert head.headers["Content-Length"] == str(len(data))
+    blob.unlink()  # served from memory now: the disk copy is no longer read
+    assert await (await gate.get(path)).read() == data

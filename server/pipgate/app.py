@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -22,6 +23,10 @@ from pipgate.config import Config, ConfigError
 from pipgate.failures import FailureLog, FailureReporter
 from pipgate.files.metadata import DerivedMetadata
 from pipgate.files.service import FileService
+from pipgate.fleet.build import build_fleet
+from pipgate.fleet.evict import SharedEvictor
+from pipgate.fleet.pages import SharedPages
+from pipgate.fleet.quarantine import QuarantineSync
 from pipgate.incompatible import IncompatibleLog
 from pipgate.limits import DownloadSlots, PageFetchLimiter
 from pipgate.metrics import Metrics
@@ -34,6 +39,7 @@ from pipgate.pages.source import PageSource
 from pipgate.pages.upstream import UpstreamPages, list_dir_name
 from pipgate.policy.filter import NO_UPSTREAM, PolicyFilter, PolicyState
 from pipgate.policy.quarantine import QuarantineStore, QuarantineWatcher
+from pipgate.policy.rules import QuarantineEntry
 from pipgate.store.blobs import BlobStore
 from pipgate.store.catalog import Catalog
 from pipgate.store.downloads import DownloadManager
@@ -42,6 +48,7 @@ from pipgate.store.integrity import Scrubber
 from pipgate.store.reconcile import reconcile
 from pipgate.upstream.registry import Upstreams
 from pipgate.web import admin, auth, files, middleware, ops, pages, setup
+from pipgate.web import fleet as fleet_web
 from pipgate.web.hot_pages import HotFiles, HotPages
 from pipgate.web.state import SERVICES, Services
 
@@ -57,6 +64,7 @@ def build_pages(
     reporter: FailureReporter,
     policy: PolicyState,
     derived: DerivedMetadata,
+    shared: SharedPages | None = None,
 ) -> PolicyFilter:
     """The page pipeline for ``config``, innermost first: a source per upstream (or,
     offline, the cached pages of each), the router, what is cached (offline), the
@@ -73,7 +81,7 @@ def build_pages(
                 synthesize_upload_time=client.config.synthesize_upload_time,
             )
             if config.offline
-            else UpstreamPages(config, client, catalog, metrics, reporter, fetches)
+            else UpstreamPages(config, client, catalog, metrics, reporter, fetches, shared)
         )
         for client in upstreams
     }
@@ -136,11 +144,21 @@ def create_app(
     app = web.Application(middlewares=[middleware.observe, *([auth.guard] if guarded else [])])
     app.on_response_prepare.append(middleware.add_request_id)
     add_routes(app)
+    if config.fleet_secret is not None:
+        app.router.add_get("/-/fleet/blobs/{key}", fleet_web.blob, name="fleet_blob")
     auth.install(app, config)  # raises AuthFileError for a bad credential file
     if config.admin_token is not None:
         admin.install(app, reload_config=reload_config, supervised=multiprocess_dir is not None)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        # Everything started is stopped through one exit stack (last started, first
+        # stopped), also when the start-up itself fails half way: a coordinator or a
+        # shared store left running would keep the process from exiting.
+        async with contextlib.AsyncExitStack() as stack:
+            await _start_services(app, stack)
+            yield
+
+    async def _start_services(app: web.Application, stack: contextlib.AsyncExitStack) -> None:
         metrics = Metrics(multiprocess_dir)
         metrics.cache_max_size.set(config.max_size)
         metrics.initialise_policy(NO_UPSTREAM)
@@ -154,32 +172,59 @@ def create_app(
             max_negative=config.max_negative_entries,
             negative_retention=max(config.negative_ttl, config.max_stale),
         )
+        stack.callback(catalog.close)
         failures = FailureLog(config.cache_dir)
+        stack.callback(failures.close)
         reporter = FailureReporter(metrics, failures)
+        stack.push_async_callback(reporter.drain)
         upstreams = Upstreams(config, metrics)
+        stack.push_async_callback(upstreams.close)
         await upstreams.start()
         downloads = DownloadManager(blobs, metrics, max_file_size=config.max_file_size)
         slots = DownloadSlots(
             config.max_downloads, config.max_client_downloads, config.queue_timeout, metrics
         )
         evictor = Evictor(catalog, blobs, config.max_size, metrics)
+        stack.push_async_callback(evictor.close)
         evictor.request()  # sets the size gauges, evicts if max_size shrank
         scrubber = Scrubber(config.cache_dir, catalog, blobs, metrics, config.scrub_rate)
-        scrub_task = asyncio.create_task(scrubber.run(), name="scrub")
+        _background(stack, scrubber.run(), "scrub")
         audit = AuditLog(config.cache_dir, config.audit_retention)
         incompatible = IncompatibleLog(config.cache_dir, metrics)
-        audit_task = asyncio.create_task(audit.run(), name="audit")
+        stack.push_async_callback(incompatible.close)
+        _background(stack, audit.run(), "audit")
         quarantine = QuarantineStore(config.cache_dir)
         policy = PolicyState(config)
         hot_pages, hot_lists = HotPages(), HotFiles()
         policy.on_change(hot_pages.clear)  # a reload or a quarantine is in force at once
-        watcher = QuarantineWatcher(quarantine, policy.set_quarantine)
-        await asyncio.to_thread(watcher.load_now)
-        watch_task = asyncio.create_task(watcher.run(), name="quarantine-watch")
         derived = DerivedMetadata(blobs, catalog)
+        fleet = build_fleet(config, blobs, metrics)
+        stack.push_async_callback(fleet.close)
+        await fleet.start()
+        redis = config.coordination_kind == "redis"
+        sync = QuarantineSync(fleet.coordinator, quarantine) if redis else None
+
+        def quarantine_changed(entries: Sequence[QuarantineEntry]) -> None:
+            policy.set_quarantine(entries)
+            if sync is not None:
+                sync.local_changed(entries)
+
+        if fleet.shared is not None and config.shared_max_size:
+            evicting = SharedEvictor(
+                fleet.shared, fleet.coordinator, config.shared_max_size, metrics
+            )
+            _background(stack, evicting.run(), "shared-evict")
+        watcher = QuarantineWatcher(quarantine, quarantine_changed)
+        if sync is not None:
+            stack.push_async_callback(sync.close)
+            await sync.start(await asyncio.to_thread(quarantine.load))
+        await asyncio.to_thread(watcher.load_now)
+        _background(stack, watcher.run(), "quarantine-watch")
+        shared_pages = SharedPages(fleet.coordinator, config.max_stale) if redis else None
         page_source = build_pages(
-            config, upstreams, catalog, blobs, metrics, reporter, policy, derived
+            config, upstreams, catalog, blobs, metrics, reporter, policy, derived, shared_pages
         )
+        stack.push_async_callback(page_source.close)
         if reload_config is not None:
             _reload_on_sighup(policy, reload_config)
         file_service = FileService(
@@ -194,7 +239,10 @@ def create_app(
             derived,
             slots,
             max_file_size=config.max_file_size,
+            fleet=fleet,
         )
+        stack.push_async_callback(file_service.close)
+        stack.push_async_callback(downloads.close)
         app[SERVICES] = Services(
             config=config,
             metrics=metrics,
@@ -211,26 +259,25 @@ def create_app(
             policy=policy,
             hot_pages=hot_pages,
             hot_lists=hot_lists,
+            fleet=fleet,
         )
-        try:
-            yield
-        finally:
-            for task in (scrub_task, watch_task, audit_task):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await downloads.close()
-            await file_service.close()
-            await incompatible.close()
-            await evictor.close()
-            await page_source.close()
-            await upstreams.close()
-            await reporter.drain()
-            catalog.close()
-            failures.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+def _background(
+    stack: contextlib.AsyncExitStack, work: Coroutine[Any, Any, None], name: str
+) -> None:
+    """Run ``work`` until the stack closes (then it is cancelled and awaited)."""
+    task = asyncio.create_task(work, name=name)
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(stop)
 
 
 def _reload_on_sighup(policy: PolicyState, reload_config: Callable[[], Config]) -> None:

@@ -586,6 +586,20 @@ def import_(config: Config, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def fleet_problem(config: Config) -> str | None:
+    """Why the configured shared store or coordination cannot be used (one line), or
+    ``None``; a Redis that is just unreachable is no problem (replicas fall back)."""
+    if config.storage_kind == "disk" and config.coordination_kind == "local":
+        return None
+    from pipgate.fleet.build import FleetError, preflight
+
+    try:
+        asyncio.run(preflight(config))
+    except FleetError as exc:
+        return str(exc)
+    return None
+
+
 def serve(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
     """Run the server until interrupted (SIGHUP reloads the policy)."""
     logs.setup(config.log_level, config.log_format, buffered=True)
@@ -609,6 +623,10 @@ def serve(config: Config, reload_config: Callable[[], Config] | None = None) -> 
         auth.load_read_credentials(config)  # so does a bad credential file
     except auth.AuthFileError as exc:
         print(f"pipgate: configuration error: {exc}", file=sys.stderr)
+        return 2
+    problem = fleet_problem(config)  # a bucket that ignores create-only writes stops here
+    if problem is not None:
+        print(f"pipgate: {problem}", file=sys.stderr)
         return 2
     log.info(
         "pipgate %s on %s://%s:%d/simple/ upstreams=%s cache=%s workers=%d",

@@ -70,6 +70,7 @@ ROUTES = (
     "simple_redirect_project",
     "simple_other",
     "file",
+    "fleet_blob",
     "admin_status",
     "admin_readyz",
     "admin_failures",
@@ -261,6 +262,45 @@ class Metrics:
             multiprocess_mode="max",
         )
         self.build_info.labels(version=__version__).set(1)
+        # Several replicas as one cache (issue 14). The replica's name is a label of
+        # pipgate_replica_info only: Prometheus adds it to every series per target.
+        self.replica_info = Gauge(
+            "pipgate_replica_info",
+            "This replica's name, storage and coordination kind.",
+            ["replica", "storage", "coordination"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.fleet_coordination_up = Gauge(
+            "pipgate_fleet_coordination_up",
+            "1 while fleet coordination (Redis) works, 0 while this replica is on its own.",
+            registry=r,
+            multiprocess_mode="min",
+        )
+        self.fleet_leases = Counter(
+            "pipgate_fleet_leases",
+            "Fleet download leases asked for: taken, held_elsewhere, local (coordination down).",
+            ["result"],
+            registry=r,
+        )
+        self.fleet_takeovers = Counter(
+            "pipgate_fleet_takeovers",
+            "Downloads this replica took over after the lease holder stopped serving them.",
+            registry=r,
+        )
+        self.fleet_peer_bytes = Counter(
+            "pipgate_fleet_peer_bytes",
+            "Bytes streamed from or to other replicas (direction: received, sent).",
+            ["direction"],
+            registry=r,
+        )
+        self.fleet_shared = Counter(
+            "pipgate_fleet_shared",
+            "Shared-store operations (op: read, commit, evict; result: ok, exists, missing, "
+            "error).",
+            ["op", "result"],
+            registry=r,
+        )
 
     def initialise(self, upstream: str) -> None:
         """Create every bounded label combination at zero, so dashboards and alerts see
@@ -282,6 +322,16 @@ class Metrics:
         for cause in LINK_DROP_CAUSES:
             self.links_dropped.labels(upstream=upstream, cause=cause)
         self.merge_conflicts.labels(upstream=upstream)
+
+    def initialise_fleet(self) -> None:
+        """The fleet series at zero on every node (one host shows them as zeros)."""
+        for direction in ("received", "sent"):
+            self.fleet_peer_bytes.labels(direction=direction)
+        for op in ("read", "commit", "evict"):
+            for result in ("ok", "exists", "missing", "error"):
+                self.fleet_shared.labels(op=op, result=result)
+        for result in ("taken", "held_elsewhere", "local"):
+            self.fleet_leases.labels(result=result)
 
     def initialise_policy(self, label: str) -> None:
         """The series of policy refusals, which no upstream was asked about."""

@@ -11,7 +11,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from types import TracebackType
+
+from tests.support.process import ServiceProcess
 
 
 def free_port() -> int:
@@ -21,7 +22,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class PipgateProcess:
+class PipgateProcess(ServiceProcess):
     """``python -m pipgate serve`` in a subprocess, its output captured to a log file."""
 
     def __init__(
@@ -111,14 +112,3 @@ class PipgateProcess:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
-
-    def __enter__(self) -> PipgateProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -7,6 +7,7 @@ parses raw values, :mod:`.load` merges defaults < TOML < environment < flags.
 from pipgate.config.load import ConfigError, load_config, split_credentials
 from pipgate.config.schema import (
     ENV_PREFIX,
+    FLEET_SETTINGS,
     POLICY_RULE_SETTINGS,
     ROUTE_SETTINGS,
     SERVER_SETTINGS,
@@ -24,6 +25,7 @@ from pipgate.config.values import parse_duration, parse_size
 
 __all__ = [
     "ENV_PREFIX",
+    "FLEET_SETTINGS",
     "POLICY_RULE_SETTINGS",
     "ROUTE_SETTINGS",
     "SERVER_SETTINGS",

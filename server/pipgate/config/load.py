@@ -11,6 +11,8 @@ single-upstream deployments of before (``--upstream``, ``PIPGATE_PROXY``, one
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import replace
@@ -20,6 +22,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pipgate.config.schema import (
     ENV_PREFIX,
+    FLEET_SETTINGS,
     POLICY_RULE_SETTINGS,
     ROUTE_SETTINGS,
     SERVER_SETTINGS,
@@ -37,8 +40,9 @@ class ConfigError(ValueError):
     """A bad configuration value; the message names the key and what is wrong."""
 
 
-_BY_NAME = {s.name: s for s in SERVER_SETTINGS + UPSTREAM_SETTINGS}
-_TABLES = {"server", "cache", "policy", "limits", "auth"}
+_SERVER_WIDE = SERVER_SETTINGS + FLEET_SETTINGS
+_BY_NAME = {s.name: s for s in _SERVER_WIDE + UPSTREAM_SETTINGS}
+_TABLES = {"server", "cache", "policy", "limits", "auth", "storage", "coordination"}
 
 
 def load_config(
@@ -65,16 +69,16 @@ def load_config(
         server, upstreams, routes, rules = _read_toml(path)
 
     first: dict[str, Any] = {}
-    for setting in SERVER_SETTINGS + UPSTREAM_SETTINGS:
+    for setting in _SERVER_WIDE + UPSTREAM_SETTINGS:
         raw = env.get(setting.env_var) if setting.env_var else None
         if raw is not None and raw != "":
-            target = server if setting in SERVER_SETTINGS else first
+            target = server if setting in _SERVER_WIDE else first
             target[setting.field] = _parse(setting, raw, setting.env_var or setting.name)
     for name, raw in flags.items():
         if raw is None:
             continue
         setting = _BY_NAME[name]
-        target = server if setting in SERVER_SETTINGS else first
+        target = server if setting in _SERVER_WIDE else first
         target[setting.field] = _parse(setting, raw, setting.option)
     if first:
         if not upstreams:
@@ -104,10 +108,68 @@ def load_config(
     )
     if config.admin_token is not None and len(config.admin_token) < 16:
         raise ConfigError("auth.admin_token: must be at least 16 characters long")
+    config = _build_fleet(config, env)
     return replace(
         config,
         policy_rules=tuple(_build_rule(values, config, n) for n, values in enumerate(rules, 1)),
     )
+
+
+# --- the fleet ------------------------------------------------------------------------------
+
+
+def _build_fleet(config: Config, env: Mapping[str, str]) -> Config:
+    """Check ``[storage]`` and ``[coordination]`` together and read their secrets."""
+    kind = config.storage_kind
+    if kind == "s3" and not config.s3_bucket:
+        raise ConfigError("storage.bucket: required when storage.kind = s3")
+    if kind == "directory" and config.shared_directory is None:
+        raise ConfigError("storage.directory: required when storage.kind = directory")
+    if config.s3_ca_bundle is not None and not config.s3_ca_bundle.is_file():
+        raise ConfigError(f"storage.ca_bundle: no such file {config.s3_ca_bundle}")
+    if config.lease_ttl < 1:
+        raise ConfigError("coordination.lease_ttl: must be at least 1s")
+    redis = config.coordination_kind == "redis"
+    if redis and config.redis_url is None:
+        raise ConfigError("coordination.url: required when coordination.kind = redis")
+    secret = _secret(
+        env, config.fleet_secret_env, config.fleet_secret_file, "secret", "coordination"
+    )
+    if redis and secret is None:
+        raise ConfigError(
+            "coordination.secret_env or coordination.secret_file: required when "
+            "coordination.kind = redis (replicas stream files to each other with it)"
+        )
+    if secret is not None and len(secret) < 16:
+        raise ConfigError("coordination.secret: must be at least 16 characters long")
+    access = _secret(
+        env, config.s3_access_key_env, config.s3_access_key_file, "access_key", "storage"
+    )
+    secret_key = _secret(
+        env, config.s3_secret_key_env, config.s3_secret_key_file, "secret_key", "storage"
+    )
+    if (access is None) != (secret_key is None):
+        raise ConfigError(
+            "storage.access_key_* and storage.secret_key_*: set both or neither "
+            "(neither: the AWS_* environment variables or the instance's role)"
+        )
+    replica = config.replica or _default_replica()
+    return replace(
+        config,
+        replica=replica,
+        fleet_secret=secret,
+        s3_access_key=access,
+        s3_secret_key=secret_key,
+        redis_password=_secret(
+            env, config.redis_password_env, config.redis_password_file, "password", "coordination"
+        ),
+    )
+
+
+def _default_replica() -> str:
+    """The host name, cut to a valid replica name (a container's host name is its id)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:63].strip(".-_")
+    return name or "pipgate"
 
 
 # --- one upstream --------------------------------------------------------------------------
@@ -357,7 +419,7 @@ def _read_toml(
                     if not isinstance(entry, dict):
                         raise ConfigError(f"{path}: {where}: expected a table")
                     rules.append(_table(path, entry, POLICY_RULE_SETTINGS, "policy.rule", where))
-            server.update(_table(path, table, SERVER_SETTINGS, section, section))
+            server.update(_table(path, table, _SERVER_WIDE, section, section))
         elif section == "upstream":
             entries = table if isinstance(table, list) else [table]
             for number, entry in enumerate(entries, 1):

@@ -339,6 +339,161 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
+#: Several replicas as one cache (issue 14): the shared store behind each replica's cache
+#: directory, and what coordinates them.
+FLEET_SETTINGS: tuple[Setting, ...] = (
+    _s(
+        "storage",
+        "storage",
+        "kind",
+        v.parse_storage_kind,
+        "disk (this host only), s3 (a shared bucket) or directory (a shared mount)",
+        attr="storage_kind",
+        flag=True,
+        metavar="KIND",
+    ),
+    _s(
+        "s3_endpoint",
+        "storage",
+        "endpoint",
+        v.parse_optional_endpoint,
+        "S3 endpoint URL (empty: AWS for the region)",
+    ),
+    _s("s3_bucket", "storage", "bucket", v.parse_bucket, "bucket holding the shared blobs"),
+    _s(
+        "s3_prefix",
+        "storage",
+        "prefix",
+        v.parse_key_prefix,
+        "key prefix inside the bucket (several caches in one bucket)",
+    ),
+    _s("s3_region", "storage", "region", v.parse_text, "S3 region"),
+    _s(
+        "s3_path_style",
+        "storage",
+        "path_style",
+        v.parse_bool,
+        "path-style addressing (MinIO, SeaweedFS; false: virtual-hosted, AWS)",
+    ),
+    _s(
+        "s3_access_key_env",
+        "storage",
+        "access_key_env",
+        v.parse_optional_text,
+        "environment variable holding the access key id (unset: AWS_ACCESS_KEY_ID, roles)",
+    ),
+    _s(
+        "s3_access_key_file",
+        "storage",
+        "access_key_file",
+        v.parse_optional_path,
+        "file holding the access key id",
+    ),
+    _s(
+        "s3_secret_key_env",
+        "storage",
+        "secret_key_env",
+        v.parse_optional_text,
+        "environment variable holding the secret access key",
+    ),
+    _s(
+        "s3_secret_key_file",
+        "storage",
+        "secret_key_file",
+        v.parse_optional_path,
+        "file holding the secret access key",
+    ),
+    _s(
+        "s3_ca_bundle",
+        "storage",
+        "ca_bundle",
+        v.parse_optional_path,
+        "PEM CA bundle for an https endpoint with a private CA",
+    ),
+    _s("s3_verify", "storage", "verify", v.parse_bool, "verify the endpoint's TLS certificate"),
+    _s(
+        "shared_directory",
+        "storage",
+        "directory",
+        v.parse_optional_path,
+        "the directory every replica mounts (storage.kind = directory)",
+    ),
+    _s(
+        "shared_max_size",
+        "storage",
+        "max_size",
+        v.parse_size,
+        "size cap of the shared store, least recently used out first (0 = none)",
+    ),
+    _s(
+        "coordination",
+        "coordination",
+        "kind",
+        v.parse_coordination_kind,
+        "local (one host) or redis (one upstream fetch for the whole fleet)",
+        attr="coordination_kind",
+        flag=True,
+        metavar="KIND",
+    ),
+    _s(
+        "redis_url",
+        "coordination",
+        "url",
+        v.parse_redis_url,
+        "redis:// or rediss:// URL (no password in it)",
+    ),
+    _s("redis_username", "coordination", "username", v.parse_optional_text, "Redis ACL user"),
+    _s(
+        "redis_password_env",
+        "coordination",
+        "password_env",
+        v.parse_optional_text,
+        "environment variable holding the Redis password",
+    ),
+    _s(
+        "redis_password_file",
+        "coordination",
+        "password_file",
+        v.parse_optional_path,
+        "file holding the Redis password",
+    ),
+    _s(
+        "lease_ttl",
+        "coordination",
+        "lease_ttl",
+        v.parse_duration,
+        "a download lease's lifetime: how long a dead replica's lease blocks a takeover",
+    ),
+    _s(
+        "replica",
+        "coordination",
+        "replica",
+        v.parse_replica_name,
+        "this replica's name (metrics label; default: the host name)",
+    ),
+    _s(
+        "advertise_url",
+        "coordination",
+        "advertise_url",
+        v.parse_optional_base_url,
+        "where other replicas reach this one (default: http://<host name>:<port>)",
+    ),
+    _s(
+        "fleet_secret_env",
+        "coordination",
+        "secret_env",
+        v.parse_optional_text,
+        "environment variable holding the secret replicas authenticate each other with",
+    ),
+    _s(
+        "fleet_secret_file",
+        "coordination",
+        "secret_file",
+        v.parse_optional_path,
+        "file holding that secret",
+    ),
+)
+
 #: The slice of one upstream. Environment variables and flags set the first upstream.
 UPSTREAM_SETTINGS: tuple[Setting, ...] = (
     _s(
@@ -616,7 +771,7 @@ POLICY_RULE_SETTINGS: tuple[Setting, ...] = (
 )
 
 SETTINGS: tuple[Setting, ...] = (
-    SERVER_SETTINGS + UPSTREAM_SETTINGS + ROUTE_SETTINGS + POLICY_RULE_SETTINGS
+    SERVER_SETTINGS + FLEET_SETTINGS + UPSTREAM_SETTINGS + ROUTE_SETTINGS + POLICY_RULE_SETTINGS
 )
 
 
@@ -780,6 +935,35 @@ class Config:
     #: The admin token itself, read from ``admin_token_file`` or ``admin_token_env``.
     admin_token: str | None = field(default=None, repr=False)
     policy_rules: tuple[PolicyRule, ...] = ()
+    storage_kind: str = "disk"
+    s3_endpoint: str | None = None
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_region: str = "us-east-1"
+    s3_path_style: bool = True
+    s3_access_key_env: str | None = None
+    s3_access_key_file: Path | None = None
+    s3_secret_key_env: str | None = None
+    s3_secret_key_file: Path | None = None
+    s3_ca_bundle: Path | None = None
+    s3_verify: bool = True
+    shared_directory: Path | None = None
+    shared_max_size: int = 0
+    coordination_kind: str = "local"
+    redis_url: str | None = None
+    redis_username: str | None = None
+    redis_password_env: str | None = None
+    redis_password_file: Path | None = None
+    lease_ttl: float = 15.0
+    replica: str = ""
+    advertise_url: str | None = None
+    fleet_secret_env: str | None = None
+    fleet_secret_file: Path | None = None
+    #: The credentials the keys above name, read once at start-up (never printed).
+    s3_access_key: str | None = field(default=None, repr=False)
+    s3_secret_key: str | None = field(default=None, repr=False)
+    redis_password: str | None = field(default=None, repr=False)
+    fleet_secret: str | None = field(default=None, repr=False)
     #: The upstreams in their configured order (the default route order).
     upstreams: tuple[UpstreamConfig, ...] = field(default_factory=_default_upstreams)
     routes: tuple[RouteConfig, ...] = ()

@@ -397,3 +397,70 @@ def _candidates(spec: SpecifierSet) -> list[Version]:
             lower = (*release[:-1], release[-1] - 1)
             found.append(Version(".".join(map(str, lower)) + ".999"))
     return found
+
+
+def parse_storage_kind(raw: Any) -> str:
+    """``disk`` (this host's cache directory only), ``s3`` (a shared bucket behind it)
+    or ``directory`` (a shared mounted directory behind it)."""
+    text = str(raw).strip().lower()
+    if text not in ("disk", "s3", "directory"):
+        raise ValueError(f"expected disk, s3 or directory, got {raw!r}")
+    return text
+
+
+def parse_coordination_kind(raw: Any) -> str:
+    """``local`` (one host) or ``redis`` (leases and shared state across replicas)."""
+    text = str(raw).strip().lower()
+    if text not in ("local", "redis"):
+        raise ValueError(f"expected local or redis, got {raw!r}")
+    return text
+
+
+def parse_optional_endpoint(raw: Any) -> str | None:
+    """An http(s) service URL (an S3 endpoint), or empty for the service's default."""
+    text = str(raw).strip()
+    if not text:
+        return None
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL like http://127.0.0.1:8333")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials (use the *_env or *_file keys)")
+    return text.rstrip("/")
+
+
+def parse_bucket(raw: Any) -> str:
+    """An S3 bucket name (3-63 lowercase letters, digits, dots and hyphens)."""
+    text = str(raw).strip()
+    if text and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", text):
+        raise ValueError(f"expected an S3 bucket name like pipgate-cache, got {raw!r}")
+    return text
+
+
+def parse_key_prefix(raw: Any) -> str:
+    """A key prefix (``team-a/``), or empty; no leading slash, no ``..``."""
+    text = str(raw).strip()
+    if text.startswith("/") or ".." in text.split("/") or any(c.isspace() for c in text):
+        raise ValueError(f"expected a prefix like pipgate/ (no leading /, no ..), got {raw!r}")
+    return text if not text or text.endswith("/") else text + "/"
+
+
+def parse_redis_url(raw: Any) -> str | None:
+    """A ``redis://`` or ``rediss://`` URL without a password, or empty."""
+    text = str(raw).strip()
+    if not text:
+        return None
+    parts = urlsplit(text)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError("expected a URL like redis://redis:6379/0 (rediss:// for TLS)")
+    if parts.password:
+        raise ValueError("must not carry a password (use coordination.password_env or _file)")
+    return text
+
+
+def parse_replica_name(raw: Any) -> str:
+    """A replica's name (a metrics label): letters, digits, ``.``, ``_``, ``-``."""
+    text = str(raw).strip()
+    if text and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", text):
+        raise ValueError(f"expected a name like pipgate-1 (letters, digits, . _ -), got {raw!r}")
+    return text

@@ -12,15 +12,19 @@ reach the client while they arrive.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipgate.errors import Reason, UpstreamError
 from pipgate.failures import FailureReporter
 from pipgate.files.metadata import METADATA_SUFFIX, DerivedMetadata, metadata_key
+from pipgate.files.small import SMALL_BODY, CorruptBody, SmallBodies, read_verified
+from pipgate.fleet.fleet import Fleet
 from pipgate.limits import DownloadSlots
 from pipgate.links import file_key
 from pipgate.metrics import Metrics
@@ -28,8 +32,11 @@ from pipgate.pages.source import FileOffer, NotOffered, PageSource
 from pipgate.simple.model import DistFile
 from pipgate.store.blobs import VERIFIABLE, BlobStore, Committed, IntegrityError, is_sha256
 from pipgate.store.catalog import BlobRecord, Catalog
-from pipgate.store.downloads import DownloadManager, OnFailure, PassThrough, Readable
+from pipgate.store.downloads import Body, DownloadManager, OnFailure, PassThrough, Readable
 from pipgate.store.evict import Evictor
+from pipgate.store.integrity import remove_corrupt
+from pipgate.store.locks import DownloadLock
+from pipgate.upstream.client import MAX_METADATA_BYTES
 from pipgate.upstream.registry import Upstreams
 
 log = logging.getLogger("pipgate.files")
@@ -90,8 +97,10 @@ class FileService:
         slots: DownloadSlots,
         *,
         max_file_size: int = 0,
+        fleet: Fleet | None = None,
     ) -> None:
         self._pages = pages
+        self._fleet = fleet or Fleet(blobs=blobs, metrics=metrics)
         self._slots = slots
         self._max_file_size = max_file_size
         self._upstreams = upstreams
@@ -111,6 +120,7 @@ class FileService:
         self._bad: dict[str, float] = {}
         #: (key, filename) -> recent cache hit and when it was looked up.
         self._hits: dict[tuple[str, str], tuple[Served, float]] = {}
+        self._small = SmallBodies()
 
     async def _offer(self, project: str, key: str, filename: str) -> FileOffer:
         offer = await self._pages.find_file(project, key, filename)
@@ -129,7 +139,7 @@ class FileService:
                 self._remember_hit(key, cached)
         if cached is not None:
             self._metrics.cache("file", "hit")
-            await self._touch(cached.sha256)
+            await self._touch(cached.sha256, cached.size)
             return cached
 
         dist = offer.dist
@@ -144,6 +154,7 @@ class FileService:
         async def on_commit(committed: Committed) -> None:
             await self._record(project, filename, key, committed)
             self._derive_later(offer, key)
+            await self._fleet.committed(key, committed)
 
         download = self._downloads.active(key)
         if download is None:
@@ -152,10 +163,13 @@ class FileService:
 
             async def on_end() -> None:
                 await self._slots.release(slot)
+                await self._fleet.ended(key)
 
             download, started = self._downloads.get_or_start(
                 key,
-                lambda: client.open_file(dist.url),
+                self._fleet.fetch(
+                    key, dist.sha256, lambda start: client.open_file(dist.url, start)
+                ),
                 expected,
                 dist.size,
                 on_commit,
@@ -181,6 +195,26 @@ class FileService:
             result="miss",
             upstream=offer.upstream,
         )
+
+    async def for_peer(self, key: str) -> Served | None:
+        """What another replica streaming ``key`` from this one gets: the committed
+        blob, or this host's download in progress; ``None`` otherwise (a peer never
+        makes this replica fetch: the lease holder does)."""
+        sha = await asyncio.to_thread(self._catalog.sha256_for, key)
+        size = await asyncio.to_thread(self._blobs.size, sha) if sha else None
+        if sha is not None and size is not None:
+            return Served(key, sha, size, self._blobs.path(sha))
+        download = self._downloads.active(key)
+        if download is None:
+            lock = self._blobs.download_lock_path(key)
+            if not await asyncio.to_thread(DownloadLock.is_held, lock):
+                return None
+            # Another worker of this host downloads it: follow it through the disk.
+            download, _ = self._downloads.get_or_start(
+                key, _not_here, {}, None, _nothing, _ignore, label=f"peer/{key}"
+            )
+        await download.wait_started()
+        return Served(key, None, download.size, stream=download, result="miss")
 
     def _derive_later(self, offer: FileOffer, key: str) -> None:
         """Extract a committed wheel's metadata in the background (not on the path of
@@ -279,6 +313,11 @@ class FileService:
         if not offer.dist.has_metadata:
             raise FileNotFound(f"no metadata for {filename}")
         meta_key = metadata_key(key)
+        name = filename + METADATA_SUFFIX
+        recent = self._recent_hit(meta_key, name)
+        if recent is not None:
+            self._metrics.cache("metadata", "hit")
+            return recent
         sha = await asyncio.to_thread(self._derived.cached, key)
         if sha is None:
             # A cached wheel holds its own METADATA: no upstream request needed.
@@ -287,13 +326,9 @@ class FileService:
             size = await asyncio.to_thread(self._blobs.size, sha)
             if size is not None:
                 self._metrics.cache("metadata", "hit")
-                return Served(
-                    filename + METADATA_SUFFIX,
-                    sha,
-                    size,
-                    self._blobs.path(sha),
-                    upstream=offer.upstream,
-                )
+                served = Served(name, sha, size, self._blobs.path(sha), upstream=offer.upstream)
+                self._remember_hit(meta_key, served)
+                return served
         task = self._metadata_inflight.get(meta_key)
         if task is None:
             task = asyncio.create_task(self._fetch_metadata(offer, key))
@@ -307,8 +342,11 @@ class FileService:
         client = self._upstreams[offer.upstream]
         report = self._failed(offer, name)
         self._metrics.cache("metadata", "miss")
+        body = await self._fleet.read_small(dist.metadata_sha256, MAX_METADATA_BYTES)
+        fetched = body is None
         try:
-            body = await client.fetch_small(dist.url + METADATA_SUFFIX)
+            if body is None:
+                body = await client.fetch_small(dist.url + METADATA_SUFFIX)
         except UpstreamError as exc:
             report(exc)
             raise
@@ -322,6 +360,8 @@ class FileService:
             report(error)
             raise error from exc
         await self._record(offer.project, name, metadata_key(key), committed)
+        if fetched:
+            self._fleet.publish_small(committed)
         return Served(
             name,
             committed.sha256,
@@ -331,8 +371,41 @@ class FileService:
             upstream=offer.upstream,
         )
 
+    async def small_body(self, served: Served) -> bytes | None:
+        """The whole verified body of a small cached blob, from memory after the first
+        read; ``None`` when it is sent from disk instead (large, or not a blob).
+
+        Raises ``FileNotFoundError`` when the blob is gone, or was corrupt on disk (it is
+        then removed, so the next look-up fetches it again).
+        """
+        sha, path, size = served.sha256, served.path, served.size
+        if path is None or sha is None or size is None or size > SMALL_BODY:
+            return None
+        data = self._small.get(sha)
+        if data is not None:
+            return data
+        if not is_sha256(sha):
+            return None
+        try:
+            data = await asyncio.to_thread(read_verified, path, sha, self._blobs.use_lock_path(sha))
+        except CorruptBody as exc:
+            log.error("cached %s is corrupt, removed to be fetched again: %s", served.filename, exc)
+            self._metrics.integrity_checks.labels(result="corrupt").inc()
+            await asyncio.to_thread(self._remove_corrupt, sha, exc.identity)
+            raise FileNotFoundError(str(exc)) from exc
+        self._small.put(sha, data)
+        return data
+
+    def _remove_corrupt(self, sha256: str, identity: tuple[int, int]) -> None:
+        remove_corrupt(
+            self._blobs, self._catalog, sha256, identity, self._catalog.blob_record(sha256)
+        )
+
     def forget(self, key: str, filename: str) -> None:
-        """Drop a memoised hit whose blob turned out to be gone (evicted elsewhere)."""
+        """Drop a memoised hit whose blob turned out to be gone (evicted elsewhere);
+        ``filename`` as in the URL (a ``.metadata`` name for a metadata file)."""
+        if filename.endswith(METADATA_SUFFIX):
+            key = metadata_key(key)
         self._hits.pop((key, filename), None)
 
     def _recent_hit(self, key: str, filename: str) -> Served | None:
@@ -412,7 +485,7 @@ class FileService:
             await self._catalog.put_alias(key, c.sha256)
         self._evictor.request()
 
-    async def _touch(self, sha256: str | None) -> None:
+    async def _touch(self, sha256: str | None, size: int | None = None) -> None:
         """Record an access for LRU eviction, at most once a minute per file and worker."""
         if sha256 is None:
             return
@@ -429,6 +502,23 @@ class FileService:
         self._touched.pop(sha256, None)  # to the end: oldest stay first
         self._touched[sha256] = now
         await self._catalog.touch(sha256, now)
+        if size is not None:
+            await self._fleet.touch(sha256, size, now)
+
+
+@contextlib.asynccontextmanager
+async def _not_here() -> AsyncIterator[Body]:
+    """The fetch of a download joined for a peer: it never goes upstream."""
+    raise UpstreamError(Reason.OTHER, "no download of this file on this replica")
+    yield  # pragma: no cover
+
+
+async def _nothing(_committed: Committed) -> None:
+    return None
+
+
+def _ignore(_error: UpstreamError) -> None:
+    return None
 
 
 def _verifiable(dist: DistFile) -> dict[str, str]:

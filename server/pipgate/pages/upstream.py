@@ -25,6 +25,7 @@ from typing import cast
 from pipgate.config import Config
 from pipgate.errors import Reason, UpstreamError
 from pipgate.failures import FailureReporter
+from pipgate.fleet.pages import SharedPages
 from pipgate.limits import Limited, PageFetchLimiter
 from pipgate.metrics import Metrics
 from pipgate.pages.cache import PageCache
@@ -51,8 +52,11 @@ class UpstreamPages:
         metrics: Metrics,
         reporter: FailureReporter,
         fetches: PageFetchLimiter | None = None,
+        shared: SharedPages | None = None,
     ) -> None:
         self._config = config
+        #: The fleet's copy of pages (several replicas), asked before upstream.
+        self._shared = shared
         self._fetches = fetches
         self._client = client
         self.name = client.name
@@ -100,9 +104,7 @@ class UpstreamPages:
     async def _shared_refresh(self, name: str, known: PageRecord | object | None) -> PageView:
         task = self._inflight.get(name)
         if task is None:
-            task = asyncio.create_task(
-                self._refresh(name, known), name=f"page:{self.name}:{name}"
-            )
+            task = asyncio.create_task(self._refresh(name, known), name=f"page:{self.name}:{name}")
             self._inflight[name] = task
             task.add_done_callback(lambda _t: self._inflight.pop(name, None))
         # shield: one client going away must not cancel the fetch others wait for.
@@ -115,6 +117,10 @@ class UpstreamPages:
             if known is _UNREAD
             else cast(PageRecord | None, known)
         )
+        if self._shared is not None and known is not _UNREAD:
+            view = await self._from_fleet(name, record)
+            if view is not None:
+                return view
         cached_200 = record is not None and record.status == 200
         if self._fetches is not None:
             try:
@@ -143,12 +149,32 @@ class UpstreamPages:
                     return view
             raise
 
+    async def _from_fleet(self, name: str, record: PageRecord | None) -> PageView | None:
+        """Another replica's fresh copy of the page, when it is newer than this one's."""
+        assert self._shared is not None
+        shared = await self._shared.get(self.name, name)
+        if shared is None:
+            return None
+        theirs, model = shared
+        if theirs.age() >= self._ttl(theirs):
+            return None
+        if record is not None and theirs.fetched_at <= record.fetched_at:
+            return None
+        await self._catalog.put_page(self.name, name, theirs, model)
+        self._cache.remember_record(name, theirs)
+        return await self._cache.view(name, theirs, "hit")
+
+    async def _share(self, name: str, record: PageRecord, model: bytes | None) -> None:
+        if self._shared is not None:
+            await self._shared.put(self.name, name, record, model)
+
     async def _store(self, name: str, old: PageRecord | None, fetched: PageFetch) -> PageView:
         now = time.time()
         if fetched.status == 404:
             record = PageRecord(status=404, fetched_at=now)
             await self._catalog.put_page(self.name, name, record, None)
             self._cache.remember_record(name, record)
+            await self._share(name, record, None)
             return PageView(page=None, digest="", result="miss", age=0.0)
         if fetched.status == 304 and old is not None and old.status == 200:
             record = PageRecord(
@@ -163,21 +189,24 @@ class UpstreamPages:
             self._cache.remember_record(name, record)
             view = await self._cache.view(name, record, "revalidated")
             if view is not None:
+                if self._shared is not None:
+                    await self._share(name, record, await self._catalog.get_model(self.name, name))
                 return view
             # The model vanished from the catalog: fetch unconditionally.
             fetched = await self._client.fetch_page(self._client.project_url(name))
         if fetched.status != 200:
             raise UpstreamError(Reason.BAD_PAGE, f"unexpected status {fetched.status}")
-        page, record, unchanged = await asyncio.to_thread(
+        page, record, unchanged, model = await asyncio.to_thread(
             self._parse_and_store, fetched, name, old, now
         )
         self._cache.remember_record(name, record)
+        await self._share(name, record, model)
         memo = await self._cache.remember(record.digest, page)
         return memo.view("revalidated" if unchanged else "miss", 0.0)
 
     def _parse_and_store(
         self, fetched: PageFetch, name: str, old: PageRecord | None, now: float
-    ) -> tuple[ProjectPage, PageRecord, bool]:
+    ) -> tuple[ProjectPage, PageRecord, bool, bytes]:
         """Parse, then record in the catalog: one worker-thread hop for both (a cold
         page's own cost is mostly such hops)."""
         page = self._parse(fetched, name)
@@ -193,7 +222,7 @@ class UpstreamPages:
         )
         unchanged = old is not None and old.status == 200 and old.digest == digest
         self._catalog.put_page_now(self.name, name, record, None if unchanged else model)
-        return page, record, unchanged
+        return page, record, unchanged, model
 
     def _parse(self, fetched: PageFetch, name: str) -> ProjectPage:
         """Parse by Content-Type (sniffing when it is missing); drop unusable links."""

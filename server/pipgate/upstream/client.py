@@ -531,15 +531,16 @@ class UpstreamClient:
         return await self._with_retries(attempt, what="metadata", url=url)
 
     @asynccontextmanager
-    async def open_file(self, url: str) -> AsyncIterator[FileStream]:
-        """A distribution file as one stream of bytes, resumed after breaks.
+    async def open_file(self, url: str, start: int = 0) -> AsyncIterator[FileStream]:
+        """A distribution file as one stream of bytes (from byte ``start``: a takeover
+        of a download another replica began), resumed after breaks.
 
         Opening is retried like any fetch; a connection that breaks mid-body is
         continued with ``Range`` (see :class:`FileStream`), so the reader sees one body.
         """
         stream = FileStream(self, url)
         try:
-            await stream.open()
+            await stream.open(start)
             yield stream
         finally:
             await stream.close()
@@ -640,11 +641,21 @@ class FileStream:
         self._resp: aiohttp.ClientResponse | None = None
         self._skip = 0
 
-    async def open(self) -> None:
-        """Open the first response (raises :class:`UpstreamError`)."""
-        resp = await self._enter(0)
-        self.size = resp.content_length
+    async def open(self, start: int = 0) -> None:
+        """Open the first response, from byte ``start`` (raises :class:`UpstreamError`);
+        :attr:`size` is the whole file's size either way."""
+        resp = await self._enter(start)
         self._validator = _strong_validator(resp)
+        if not start:
+            self.size = resp.content_length
+            return
+        self._skip = _resume_skip(resp, start)
+        self.received = start
+        if resp.status == 200:
+            self.size = resp.content_length
+        else:
+            total = resp.headers.get("Content-Range", "").rpartition("/")[2]
+            self.size = int(total) if total.isdigit() else None
 
     async def _enter(self, offset: int) -> aiohttp.ClientResponse:
         opener = self._client.open_range(self.url, offset, self._validator)

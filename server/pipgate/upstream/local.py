@@ -109,7 +109,9 @@ class LocalIndexClient(UpstreamClient):
             return None
 
     @asynccontextmanager
-    async def open_file(self, url: str) -> AsyncIterator[_LocalFile]:  # type: ignore[override]
+    async def open_file(  # type: ignore[override]
+        self, url: str, start: int = 0
+    ) -> AsyncIterator[_LocalFile]:
         if self.offline:
             raise UpstreamError(Reason.OTHER, "offline: file not cached here", status=404)
         path = self._inside(url)
@@ -119,6 +121,8 @@ class LocalIndexClient(UpstreamClient):
             raise UpstreamError(Reason.HTTP_4XX, f"{path.name} is not in the export", 404) from None
         try:
             size = (await asyncio.to_thread(path.stat)).st_size
+            if start:
+                await asyncio.to_thread(handle.seek, start)
             yield _LocalFile(handle, size, self)
         finally:
             handle.close()

@@ -63,7 +63,8 @@ log = logging.getLogger("pipgate.auth")
 
 #: Route names that stay open when reads need credentials: probes, the scrape, and the
 #: reduced failure summary (none of them names a project, a host or a path).
-OPEN_ROUTES = frozenset({"healthz", "readyz", "metrics", "failures"})
+#: ``fleet_blob`` checks the fleet secret itself (replica to replica, no user).
+OPEN_ROUTES = frozenset({"healthz", "readyz", "metrics", "failures", "fleet_blob"})
 ADMIN_PREFIX = "/-/admin"
 #: The Basic user name that says "the password is a read token" (PyPI's convention).
 TOKEN_USER = "__token__"

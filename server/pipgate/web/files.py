@@ -214,6 +214,18 @@ async def _send_body(
         return response
 
     svc = services(request)
+    data = await svc.files.small_body(served)
+    if data is not None:
+        count = (end if end is not None else len(data)) - start
+        # A Response sends its headers and body in one write.
+        body = data if count == len(data) else data[start : start + count]
+        whole = web.Response(status=response.status, headers=response.headers, body=body)
+        async with _send_deadline(request):
+            await whole.prepare(request)
+            await whole.write_eof()
+        svc.metrics.bytes_served.labels(source="cache" if served.cached else "upstream").inc(count)
+        sent.bytes, sent.complete = count, True
+        return whole
     if served.path is not None:
         # The use lock is held while bytes are sent: eviction never removes a file
         # being read. Lock and open share one worker-thread hop (the hot path).

@@ -65,6 +65,10 @@ async def readiness(svc: Services, *, full: bool) -> tuple[dict[str, Any], int]:
         warnings.append("offline: no upstream traffic; serving only what is cached")
     elif len(down) == len(upstreams):
         problems.append("every upstream is marked down after repeated failures: " + ", ".join(down))
+    fleet = svc.fleet.readiness() if not svc.fleet.single else None
+    if fleet is not None and not svc.fleet.coordinator.healthy:
+        # Still serving (each replica fetches on its own), so a warning, not a problem.
+        warnings.append("fleet coordination is down: duplicate upstream fetches possible")
     body = {
         "ready": not problems,
         "offline": svc.config.offline,
@@ -73,6 +77,8 @@ async def readiness(svc: Services, *, full: bool) -> tuple[dict[str, Any], int]:
         "upstreams": upstreams,
         "unavailable": down,
     }
+    if fleet is not None:
+        body["fleet"] = fleet
     return body, 200 if not problems else 503
 
 

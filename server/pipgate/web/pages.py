@@ -189,9 +189,12 @@ def _revalidate(request: web.Request) -> bool:
 
 
 def _redirect(request: web.Request, location: str) -> web.Response:
-    # A relative Location keeps working behind a reverse proxy with a path prefix.
-    if request.query_string:
-        location = f"{location}?{request.query_string}"
+    # A relative Location keeps working behind a reverse proxy with a path prefix. The
+    # query goes on as it came, still percent-encoded (decoded, a %00 would be a control
+    # character in the header).
+    query = request.rel_url.raw_query_string
+    if query:
+        location = f"{location}?{query}"
     return web.Response(status=301, headers={"Location": location})
 
 

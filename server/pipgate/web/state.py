@@ -10,6 +10,7 @@ from pipgate.audit import AuditLog
 from pipgate.config import Config
 from pipgate.failures import FailureLog
 from pipgate.files.service import FileService
+from pipgate.fleet.fleet import Fleet
 from pipgate.incompatible import IncompatibleLog
 from pipgate.metrics import Metrics
 from pipgate.pages.bodies import ListRenderer, PageRenderer
@@ -43,6 +44,8 @@ class Services:
     #: Finished answers of warm pages and of the project list, reused for a second.
     hot_pages: HotPages
     hot_lists: HotFiles
+    #: This replica's part in a fleet (a no-op on one host).
+    fleet: Fleet
 
 
 SERVICES = web.AppKey("services", Services)
