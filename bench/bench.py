@@ -605,12 +605,17 @@ class Crowd:
         }
 
 
-def crowd_get(port: int, path: str, bench_file: BenchFile, clients: int) -> Crowd:
-    """``clients`` threads connect, meet at a barrier, then all GET ``path`` and hash it."""
+def crowd_get(
+    targets: list[tuple[int, str]], bench_file: BenchFile, clients: int
+) -> tuple[Crowd, list[int]]:
+    """``clients`` threads, client i on ``targets[i % len(targets)]`` (port, path), connect,
+    meet at a barrier, then all GET and hash: the crowd and, per target, its correct
+    bodies (one target: one server; several: a fleet's replicas)."""
     barrier = threading.Barrier(clients + 1)
     results: list[Fetch | BaseException | None] = [None] * clients
 
     def client(i: int) -> None:
+        port, path = targets[i % len(targets)]
         conn = Connection(HOST, port)
         try:
             conn.connect()
@@ -631,19 +636,22 @@ def crowd_get(port: int, path: str, bench_file: BenchFile, clients: int) -> Crow
         thread.join(max(0.0, deadline - time.perf_counter()))
     expected = (200, bench_file.size, bench_file.sha256)
     ok: list[Fetch] = []
+    per_target = [0] * len(targets)
     errors: list[str] = []
     for i, result in enumerate(results):
+        where = f"client {i} on :{targets[i % len(targets)][0]}"
         if isinstance(result, Fetch) and (result.status, result.nbytes, result.sha256) == expected:
             ok.append(result)
+            per_target[i % len(targets)] += 1
         elif isinstance(result, Fetch):
             digest = "ok" if result.sha256 == bench_file.sha256 else "WRONG"
             errors.append(
-                f"client {i}: status {result.status} {result.reason}, "
+                f"{where}: status {result.status} {result.reason}, "
                 f"{result.nbytes} of {bench_file.size} bytes, sha256 {digest}"
             )
         else:
-            errors.append(f"client {i}: {result!r}" if result else f"client {i}: still running")
-    return Crowd(ok, errors, start)
+            errors.append(f"{where}: {result!r}" if result else f"{where}: still running")
+    return Crowd(ok, errors, start), per_target
 
 
 class BlobWatch:
@@ -702,7 +710,7 @@ def herd_phase(
     watch = BlobWatch(pipgate.cache_dir, bench_file.sha256)
     upstream.set_rate(int(rate_mib_s * MIB))
     try:
-        crowd = crowd_get(pipgate.port, path, bench_file, clients)
+        crowd, _ = crowd_get([(pipgate.port, path)], bench_file, clients)
     finally:
         upstream.set_rate(0)
         watch.stop()
@@ -732,7 +740,7 @@ def herd_phase(
 
 def herd_baseline(port: int, path: str, bench_file: BenchFile, clients: int) -> dict[str, Any]:
     """The same crowd on a file served with sendfile (pipgate's cache, or upstream)."""
-    crowd = crowd_get(port, path, bench_file, clients)
+    crowd, _ = crowd_get([(port, path)], bench_file, clients)
     return {"ok_bodies": len(crowd.ok), "errors": crowd.errors, **crowd.summary(bench_file.size)}
 
 
@@ -1057,6 +1065,26 @@ def main() -> int:
     if result is None:
         return 2
     print(report(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if result["passed"] else 1
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def write_report(args: argparse.Namespace, result: dict[str, Any], report: str) -> int:
+    """Print the Markdown report, write it and the JSON where asked; the exit status."""
+    print(report)
+    if args.markdown:
+        args.markdown.write_text(report + "\n")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0 if result["passed"] else 1

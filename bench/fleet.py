@@ -32,7 +32,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import random
 import secrets
 import statistics
@@ -57,12 +56,13 @@ from bench import (
     BenchError,
     BenchFile,
     Connection,
-    Crowd,
     Fetch,
     RssSampler,
     Upstream,
+    crowd_get,
     git_describe,
     http_json,
+    machine,
     memory_kib,
     parse_rate,
     pipgate_origin,
@@ -70,6 +70,7 @@ from bench import (
     run_in_workdir,
     stop_process,
     timed_gets,
+    write_report,
 )
 from load import SERVER_ENV, PipgateServer, cpu_seconds, labels, log_problems
 from load import log as load_log
@@ -410,55 +411,6 @@ class Herd:
     #: CPU seconds (user + system) of each process from the release to the commits
     #: (``clients``: this bench's own threads).
     cpu_s: dict[str, float] = field(default_factory=dict)
-
-
-def crowd_get(
-    targets: list[tuple[int, str]], bench_file: BenchFile, clients: int
-) -> tuple[Crowd, list[int]]:
-    """``clients`` threads, client i on ``targets[i % len(targets)]`` (port, path), connect,
-    meet at a barrier, then all GET and hash (``bench.crowd_get`` over several servers):
-    the crowd and, per target, its correct bodies."""
-    barrier = threading.Barrier(clients + 1)
-    results: list[Fetch | BaseException | None] = [None] * clients
-
-    def client(i: int) -> None:
-        port, path = targets[i % len(targets)]
-        conn = Connection(HOST, port)
-        try:
-            conn.connect()
-            barrier.wait(30)
-            results[i] = conn.get(path, hash_body=True)
-        except BaseException as exc:
-            results[i] = exc
-        finally:
-            conn.close()
-
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    barrier.wait(30)
-    start = time.perf_counter()
-    deadline = start + 4 * IO_TIMEOUT
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.perf_counter()))
-    expected = (200, bench_file.size, bench_file.sha256)
-    ok: list[Fetch] = []
-    per_target = [0] * len(targets)
-    errors: list[str] = []
-    for i, result in enumerate(results):
-        where = f"client {i} on :{targets[i % len(targets)][0]}"
-        if isinstance(result, Fetch) and (result.status, result.nbytes, result.sha256) == expected:
-            ok.append(result)
-            per_target[i % len(targets)] += 1
-        elif isinstance(result, Fetch):
-            digest = "ok" if result.sha256 == bench_file.sha256 else "WRONG"
-            errors.append(
-                f"{where}: status {result.status} {result.reason}, "
-                f"{result.nbytes} of {bench_file.size} bytes, sha256 {digest}"
-            )
-        else:
-            errors.append(f"{where}: {result!r}" if result else f"{where}: still running")
-    return Crowd(ok, errors, start), per_target
 
 
 def herd(
@@ -937,16 +889,6 @@ def checks(result: dict[str, Any]) -> list[Check]:
     return found
 
 
-def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
-    return {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Start the upstream, SeaweedFS and Redis; measure; stop everything."""
     seaweed_type, redis_type, _, _ = support()
@@ -1368,13 +1310,7 @@ def main() -> int:
     if result is None:
         print(f"fleet: FAIL ({problem})")
         return 2
-    report = markdown(result)
-    print(report)
-    if args.markdown:
-        args.markdown.write_text(report + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0 if result["passed"] else 1
+    return write_report(args, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import gzip
 import json
 import math
 import os
-import platform
 import random
 import re
 import resource
@@ -51,6 +50,7 @@ from bench import (
     HttpError,
     free_port,
     git_describe,
+    machine,
     pipgate_origin,
     process_tree,
     run_in_workdir,
@@ -1045,16 +1045,6 @@ def level_table(levels: Iterable[Level]) -> list[str]:
     return lines
 
 
-def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
-    return {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Start the stack, warm the hot set, measure each level."""
     load_before = round(os.getloadavg()[0], 2)
@@ -1229,4 +1219,3 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -64,6 +64,7 @@ from bench import (
     stop_process,
     tail,
     wait_healthy,
+    write_report,
 )
 from load import SERVER_ENV, FakeUpstream, PipgateServer, log_problems
 from pages import ACCEPT, COMMON_HEADERS, WRK_SCRIPT, Load, check_page, cpu_seconds, run_wrk
@@ -577,6 +578,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             result["cold_lists"].append(cold_list(servers, target, args))
         list_size = result["cold_lists"][0]["body_bytes"]
         sizes = {"pipgate-1": list_size, "pipgate-2": list_size, "nginx-static": list_size}
+
         # nginx-static's trees, written before any measurement (no disk writes during one).
         def tag_of(number: int, target: str, tool: str) -> str:
             return f"{run_id}{number}{TARGETS.index(target)}{tool[0]}"
@@ -978,13 +980,7 @@ def main() -> int:
     result, _ = run_in_workdir("peers", args, run)
     if result is None:
         return 2
-    report = markdown(result)
-    print(report)
-    if args.markdown:
-        args.markdown.write_text(report + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0 if result["passed"] else 1
+    return write_report(args, result, markdown(result))
 
 
 if __name__ == "__main__":
