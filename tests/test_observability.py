@@ -287,3 +287,35 @@ def test_a_scrape_during_a_herd_is_consistent_with_what_clients_received(
     assert metric_value(after, "pipgate_bytes_fetched_total") == slow_big.size
     assert metric_value(after, "pipgate_inflight_downloads") == 0
     assert upstream.downloads(slow_big.filename) == 1
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_the_fast_access_line_is_the_line_the_formatter_writes(fmt: str) -> None:
+    """``serve`` writes access lines without a LogRecord; they must read exactly as
+    the configured formatter would have written them."""
+    from pipgate import logs
+
+    fields = {
+        "event": "access",
+        "remote": "10.0.0.7",
+        "method": "GET",
+        "path": "/simple/numpy/",
+        "route": "simple_project",
+        "status": 200,
+        "duration": 0.001234,
+        "user_agent": "uv/0.9",
+        "pid": 4242,
+        "request_id": "abc123",
+    }
+    message = '10.0.0.7 "GET /simple/numpy/" 200 0.001s pid=4242'
+    now = 1_800_000_123.456
+    writer = logs.AccessLine()
+    writer.install(logs.BufferedHandler(), fmt)
+    fast = writer.line(now, message, fields)
+
+    record = logging.LogRecord("pipgate.access", logging.INFO, __file__, 1, "%s", (message,), None)
+    record.created, record.msecs = now, (now - int(now)) * 1000
+    for key, value in fields.items():
+        setattr(record, key, value)
+    formatter = logs.JsonFormatter() if fmt == "json" else logs.TextFormatter()
+    assert fast == formatter.format(record) + "\n"

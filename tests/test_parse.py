@@ -628,6 +628,21 @@ _ROOT_PIECES = st.sampled_from(
 )
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<a href=text < 3 <br/><abbr>no</abbr>",  # "/>" ends the tag: it closes itself
+        "<a href=<br/><abbr>no</abbr>",  # the slash is the unquoted value's: still open
+        '<a href="x/" />gone</a>',
+        "<a href=/simple/y/>Y</a>",
+    ],
+)
+def test_project_list_html_self_closing_anchors_as_html_parser_reads_them(text: str) -> None:
+    """Cases hypothesis found: whether ``<a …/>`` closes itself is html.parser's rule."""
+    for chunk_size in (1, 3, len(text)):
+        assert _parse_root(text, chunk_size) == _ReferenceRootParser().parse(text)
+
+
 @settings(max_examples=300)
 @given(st.lists(_ROOT_PIECES, max_size=30).map("".join), st.integers(1, 50))
 def test_project_list_html_matches_html_parser(text: str, chunk_size: int) -> None:

@@ -13,6 +13,7 @@ import html
 import json
 import re
 from collections.abc import Callable
+from html.parser import HTMLParser
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import unquote, urljoin, urlsplit
 
@@ -626,7 +627,7 @@ def parse_project_list_json(body: bytes) -> list[ProjectEntry]:
 #: ``(?P<open_...>\Z)`` group marks a construct cut off by the end of the chunk.
 _ROOT_TOKEN = re.compile(
     r"""
-      (?P<anchor><a(?:\s(?:[^<>"']|"[^"]*"|'[^']*')*)?>(?P<anchor_text>[^<]*)</a\s*>)
+      (?P<anchor><a(?:\s(?:[^<>"']|"[^"]*"|'[^']*')*)?(?<!/)>(?P<anchor_text>[^<]*)</a\s*>)
     | (?P<text>[^<]+)
     | (?P<raw><(?P<raw_name>script|style)\b.*?(?:</(?P=raw_name)\s*>|(?P<open_raw>\Z)))
     | (?P<comment><!--.*?(?:-->|(?P<open_comment>\Z)))
@@ -644,6 +645,28 @@ _OPEN_GROUPS = {
     "comment": "open_comment",
     "decl": "open_decl",
 }
+
+
+class _TagKind(HTMLParser):
+    """Whether html.parser reads one start tag as self-closing (``<a href=x/>`` is not:
+    the slash belongs to the unquoted value; ``<a href="x" />`` is)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=False)
+        self.empty = False
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.empty = True
+
+
+def _self_closing(tag: str) -> bool:
+    """Whether start tag ``tag`` closes itself (rare in a root page: asked only off the
+    fast path, so html.parser's own rule decides, not an imitation of it)."""
+    if not tag.endswith("/>"):
+        return False
+    kind = _TagKind()
+    kind.feed(tag)
+    return kind.empty
 
 
 class ProjectListHtmlParser:
@@ -703,7 +726,8 @@ class ProjectListHtmlParser:
                 self._append_text(token[0])
             elif kind == "tag" and token["name"].lower() == "a":
                 self._finish_anchor()  # also ends an unclosed previous <a>
-                if token["slash"] is None:
+                # "<a …/>" opens and closes at once, as html.parser (and pip) read it.
+                if token["slash"] is None and not _self_closing(token[0]):
                     self._text, self._text_len = [], 0
             # Other tags, comments, script/style and declarations carry no entries.
         self._pending = buf[pos:]

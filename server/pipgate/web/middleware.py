@@ -14,7 +14,7 @@ from aiohttp.typedefs import Handler
 from pipgate import limits
 from pipgate.errors import UpstreamError
 from pipgate.limits import Limited
-from pipgate.logs import new_request_id, request_id
+from pipgate.logs import access_line, new_request_id, request_id
 from pipgate.web.http import text_error, upstream_error
 from pipgate.web.state import services
 
@@ -24,7 +24,6 @@ log = logging.getLogger("pipgate.web")
 REQUEST_ID = web.RequestKey("request_id", str)
 #: The user a request authenticated as (set by :mod:`pipgate.web.auth`; absent: anonymous).
 USER = web.RequestKey("user", str)
-access = logging.getLogger("pipgate.access")
 #: This worker's pid, for access lines (a fork gets its own: see _after_fork).
 _PID = os.getpid()
 
@@ -75,20 +74,16 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         route = request.match_info.route.name or "other"
         method = request.method if request.method in ("GET", "HEAD") else "other"
         services(request).metrics.request_done(route, method, status, elapsed)
-        if access.isEnabledFor(logging.INFO):
-            access.info(
-                '%s "%s %s" %d %.3fs pid=%d',
-                request.remote,
-                request.method,
-                request.rel_url,
-                status,
-                elapsed,
-                _PID,
-                extra={
+        if access_line.logger.isEnabledFor(logging.INFO):
+            remote = request.remote
+            path = str(request.rel_url)
+            access_line.write(
+                f'{remote} "{request.method} {path}" {status} {elapsed:.3f}s pid={_PID}',
+                {
                     "event": "access",
-                    "remote": request.remote,
+                    "remote": remote,
                     "method": request.method,
-                    "path": str(request.rel_url),
+                    "path": path,
                     "route": route,
                     "status": status,
                     "duration": round(elapsed, 6),
