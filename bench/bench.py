@@ -391,11 +391,13 @@ class BenchFile:
     sha256: str
 
 
-def make_file(directory: Path, size_mib: int) -> BenchFile:
-    """Write a seeded-random wheel-named file of ``size_mib`` MiB; hash it while writing."""
-    project = f"benchpkg{size_mib}mb"
+def make_file(directory: Path, size_mib: int, project: str | None = None) -> BenchFile:
+    """Write a seeded-random wheel-named file of ``size_mib`` MiB; hash it while writing.
+    Seeded by the size (``benchpkg<N>mb``), or by ``project`` when given (files of one
+    size that must differ: same bytes would be one blob)."""
+    rng = random.Random(project if project is not None else size_mib)
+    project = project if project is not None else f"benchpkg{size_mib}mb"
     filename = f"{project}-1.0-py3-none-any.whl"
-    rng = random.Random(size_mib)
     digest = hashlib.sha256()
     size = size_mib * MIB
     with (directory / filename).open("wb") as out:

@@ -32,7 +32,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import secrets
 import statistics
 import sys
@@ -63,6 +62,7 @@ from bench import (
     git_describe,
     http_json,
     machine,
+    make_file,
     memory_kib,
     parse_rate,
     pipgate_origin,
@@ -125,23 +125,6 @@ def missing_tools() -> list[str]:
 
 
 # --- files and polling -----------------------------------------------------------------------
-
-
-def make_file(directory: Path, project: str, size_mib: int) -> BenchFile:
-    """A seeded-random wheel-named file of ``size_mib`` MiB, seeded by its project name
-    (so files of the same size differ); hashed while written."""
-    filename = f"{project}-1.0-py3-none-any.whl"
-    rng = random.Random(project)
-    digest = hashlib.sha256()
-    size = size_mib * MIB
-    with (directory / filename).open("wb") as out:
-        left = size
-        while left:
-            block = rng.randbytes(min(left, 16 * MIB))
-            digest.update(block)
-            out.write(block)
-            left -= len(block)
-    return BenchFile(size_mib, project, filename, size, digest.hexdigest())
 
 
 class Poll:
@@ -901,7 +884,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     sizes.update(calm=args.takeover_size, kill=args.takeover_size)
     log(f"writing {sum(sizes.values())} MiB of files to {files_dir}")
     files = {
-        name: make_file(files_dir, f"fleet{name}{size}mb", size) for name, size in sizes.items()
+        name: make_file(files_dir, size, f"fleet{name}{size}mb") for name, size in sizes.items()
     }
     manifest = {f.filename: {"sha256": f.sha256, "size": f.size} for f in files.values()}
     (files_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))

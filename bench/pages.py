@@ -127,6 +127,25 @@ class Load:
     server_cpu_us: float | None = None
     client_cpu_us: float | None = None
 
+    @classmethod
+    def measured(cls, raw: Raw, body_bytes: int, **run: Any) -> Load:
+        """The figures of one ``raw`` load; ``run`` says what was loaded and how
+        (target, workers, project, files, format, client, connections, CPU)."""
+        return cls(
+            **run,
+            duration_s=round(raw.duration, 2),
+            requests=raw.requests,
+            rps=round(raw.requests / raw.duration, 1),
+            p50_ms=round(raw.p50 * 1000, 2),
+            p90_ms=round(raw.p90 * 1000, 2),
+            p99_ms=round(raw.p99 * 1000, 2),
+            max_ms=round(raw.max * 1000, 2),
+            body_bytes=body_bytes,
+            statuses=raw.statuses,
+            caches=raw.caches,
+            errors=raw.errors,
+        )
+
     @property
     def ok(self) -> bool:
         """Every response a 200 (and, through pipgate, a cache hit); no socket errors."""
@@ -325,7 +344,9 @@ def load_page(
     server_cpu = cpu_seconds(server_pid) - server_before
     client_cpu = children_cpu() - client_before
     per_request = 1e6 / max(1, raw.requests)
-    result = Load(
+    result = Load.measured(
+        raw,
+        body,
         target=target,
         workers=workers,
         project=project,
@@ -333,17 +354,6 @@ def load_page(
         format=fmt,
         client="wrk" if args.wrk else "python",
         connections=args.connections,
-        duration_s=round(raw.duration, 2),
-        requests=raw.requests,
-        rps=round(raw.requests / raw.duration, 1),
-        p50_ms=round(raw.p50 * 1000, 2),
-        p90_ms=round(raw.p90 * 1000, 2),
-        p99_ms=round(raw.p99 * 1000, 2),
-        max_ms=round(raw.max * 1000, 2),
-        body_bytes=body,
-        statuses=raw.statuses,
-        caches=raw.caches,
-        errors=raw.errors,
         server_cpu_us=round(server_cpu * per_request, 1) if server_pid else None,
         client_cpu_us=round(client_cpu * per_request, 1) if args.wrk else None,
     )

@@ -67,7 +67,16 @@ from bench import (
     write_report,
 )
 from load import SERVER_ENV, FakeUpstream, PipgateServer, log_problems
-from pages import ACCEPT, COMMON_HEADERS, WRK_SCRIPT, Load, check_page, cpu_seconds, run_wrk
+from pages import (
+    ACCEPT,
+    COMMON_HEADERS,
+    WRK_SCRIPT,
+    Load,
+    Raw,
+    check_page,
+    cpu_seconds,
+    run_wrk,
+)
 from upstream import TREE_SIZE, WheelMaker, gen_version, tree_project
 
 MIB = 1 << 20
@@ -353,13 +362,10 @@ def page_load(
     body = check_page(base, PAGE_PROJECT, fmt, PAGE_FILES, pipgate=True)
     headers = {**COMMON_HEADERS, "Accept": ACCEPT[fmt]}
     url = f"{base}/simple/{PAGE_PROJECT}/"
-    if args.warmup:
-        warm = argparse.Namespace(**{**vars(args), "duration": args.warmup})
-        run_wrk(args.wrk, url, headers, warm, args.wrk_script)
-    before = cpu_seconds(pid)
-    raw = run_wrk(args.wrk, url, headers, args, args.wrk_script)
-    cpu = cpu_seconds(pid) - before
-    load = Load(
+    raw, cpu = wrk_measured(url, headers, args, args.wrk_script, pid)
+    load = Load.measured(
+        raw,
+        body,
         target=target,
         workers=None,
         project=PAGE_PROJECT,
@@ -367,17 +373,6 @@ def page_load(
         format=fmt,
         client="wrk",
         connections=args.connections,
-        duration_s=round(raw.duration, 2),
-        requests=raw.requests,
-        rps=round(raw.requests / raw.duration, 1),
-        p50_ms=round(raw.p50 * 1000, 2),
-        p90_ms=round(raw.p90 * 1000, 2),
-        p99_ms=round(raw.p99 * 1000, 2),
-        max_ms=round(raw.max * 1000, 2),
-        body_bytes=body,
-        statuses=raw.statuses,
-        caches=raw.caches,
-        errors=raw.errors,
         server_cpu_us=round(cpu * 1e6 / max(1, raw.requests), 1),
     )
     # Every response a 200; through a cache, every one a hit.
@@ -395,17 +390,25 @@ def page_load(
     return {**asdict(load), "ok": ok}
 
 
+def wrk_measured(
+    url: str, headers: dict[str, str], settings: argparse.Namespace, script: Path, pid: int
+) -> tuple[Raw, float]:
+    """``settings.warmup`` s of unmeasured ``wrk``, then one measured load: its figures
+    and the CPU seconds the server (every process of it) spent during it."""
+    if settings.warmup:
+        warm = argparse.Namespace(**{**vars(settings), "duration": settings.warmup})
+        run_wrk(settings.wrk, url, headers, warm, script)
+    before = cpu_seconds(pid)
+    raw = run_wrk(settings.wrk, url, headers, settings, script)
+    return raw, cpu_seconds(pid) - before
+
+
 def list_load(target: str, port: int, pid: int, size: int, args: argparse.Namespace) -> dict:
     """``wrk`` on the big ``/simple/`` (HTML, gzip accepted) with few connections."""
     headers = {**COMMON_HEADERS, "Accept": "text/html"}
     settings = argparse.Namespace(**{**vars(args), "connections": args.list_connections})
     url = f"http://{HOST}:{port}/simple/"
-    if args.warmup:
-        warm = argparse.Namespace(**{**vars(settings), "duration": args.warmup})
-        run_wrk(args.wrk, url, headers, warm, args.list_script)
-    before = cpu_seconds(pid)
-    raw = run_wrk(args.wrk, url, headers, settings, args.list_script)
-    cpu = cpu_seconds(pid) - before
+    raw, cpu = wrk_measured(url, headers, settings, args.list_script, pid)
     rps = raw.requests / raw.duration
     ok = raw.requests > 0 and not any(raw.errors.values())
     result = {

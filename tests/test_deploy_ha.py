@@ -50,6 +50,9 @@ from tests.test_deploy import (
     run,
 )
 
+#: Every test here may wait on a process (nginx, weed, promtool, docker compose).
+pytestmark = pytest.mark.timeout(120)
+
 NGINX_CONF = REPO / "config" / "nginx-ha.conf"
 SEAWEED_IDENTITIES = REPO / "config" / "seaweedfs-s3.json"
 SECRETS_DIR = REPO / "config" / "ha-secrets"

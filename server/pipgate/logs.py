@@ -139,12 +139,14 @@ class AccessLine:
     def _fast(self) -> BufferedHandler | None:
         handler = self._handler
         logger = self.logger
+        handlers = logging.root.handlers
         if (
             handler is None
+            or len(handlers) != 1
+            or handlers[0] is not handler
             or logger.handlers
             or not logger.propagate
             or logger.disabled
-            or logging.getLogger().handlers != [handler]
             or not logger.isEnabledFor(logging.INFO)
             or handler.level > logging.INFO
         ):

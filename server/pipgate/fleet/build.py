@@ -28,12 +28,9 @@ def advertise_url(config: Config) -> str:
 def shared_store(config: Config) -> SharedBlobs | None:
     """The shared blob store of ``config`` (not started), if any."""
     if config.storage_kind == "s3":
-        try:
-            from pipgate.store.s3 import S3Blobs, S3Settings
-        except ImportError as exc:
-            raise StorageError(
-                f"storage.kind = s3 needs aiobotocore: pip install 'pipgate[scale]' ({exc})"
-            ) from None
+        # Without aiobotocore, S3Blobs itself refuses with the install hint.
+        from pipgate.store.s3 import S3Blobs, S3Settings
+
         return S3Blobs(
             S3Settings(
                 endpoint_url=config.s3_endpoint,

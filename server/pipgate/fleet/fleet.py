@@ -58,7 +58,8 @@ class Fleet:
         self.single = shared is None and peers is None
         #: Leases this process holds, by file key, with their renewal tasks.
         self._leases: dict[str, tuple[Lease, asyncio.Task[None]]] = {}
-        self._publishing: set[asyncio.Task[None]] = set()
+        #: Commits to the shared store running in the background, by file key.
+        self._publishing: dict[str, asyncio.Task[None]] = {}
         self._watch: asyncio.Task[None] | None = None
         #: Uploads to the shared store at once (each holds some MiB in memory).
         self._uploads = asyncio.Semaphore(UPLOADS)
@@ -90,7 +91,7 @@ class Fleet:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
         if self._publishing:
-            await asyncio.gather(*self._publishing, return_exceptions=True)
+            await asyncio.gather(*self._publishing.values(), return_exceptions=True)
         for key in list(self._leases):
             await self._release(key)
         await self.coordinator.close()
@@ -149,16 +150,21 @@ class Fleet:
         if key not in self._leases or self.shared is None:
             await self._release(key)
             return
-        task = asyncio.create_task(self._publish(key, committed), name=f"publish-{key}")
-        self._publishing.add(task)
-        task.add_done_callback(self._publishing.discard)
+        self._in_background(key, committed, lease=key)
 
     async def ended(self, key: str) -> None:
         """The download of ``key`` is over: a lease not kept for publishing goes now."""
-        if not any(t.get_name() == f"publish-{key}" for t in self._publishing):
+        if key not in self._publishing:
             await self._release(key)
 
-    async def _publish(self, key: str, committed: Committed) -> None:
+    def _in_background(self, name: str, committed: Committed, lease: str | None) -> None:
+        task = asyncio.create_task(self._publish(committed, lease), name=f"publish-{name}")
+        self._publishing[name] = task
+        task.add_done_callback(lambda _t: self._publishing.pop(name, None))
+
+    async def _publish(self, committed: Committed, lease: str | None) -> None:
+        """Commit a local blob to the shared store (its use lock held, so local eviction
+        leaves it meanwhile); then the ``lease`` it was fetched under goes."""
         assert self.shared is not None
         try:
             use = await asyncio.to_thread(_hold, self.blobs, committed.sha256)
@@ -176,7 +182,8 @@ class Fleet:
             self.metrics.fleet_shared.labels(op="commit", result=result).inc()
             await self.coordinator.touch(committed.sha256, committed.size, time.time())
         finally:
-            await self._release(key)
+            if lease is not None:
+                await self._release(lease)
 
     async def _release(self, key: str) -> None:
         held = self._leases.pop(key, None)
@@ -208,25 +215,8 @@ class Fleet:
 
     def publish_small(self, committed: Committed) -> None:
         """Put a small blob fetched from upstream into the shared store (background)."""
-        if self.shared is None:
-            return
-        key = f"small:{committed.sha256}"
-        task = asyncio.create_task(self._publish_unleased(committed), name=f"publish-{key}")
-        self._publishing.add(task)
-        task.add_done_callback(self._publishing.discard)
-
-    async def _publish_unleased(self, committed: Committed) -> None:
-        assert self.shared is not None
-        try:
-            async with self._uploads:
-                created = await self.shared.put(committed.sha256, committed.path)
-        except (StorageError, OSError) as exc:
-            self.metrics.fleet_shared.labels(op="commit", result="error").inc()
-            log.error("%s not committed to %s: %s", committed.sha256, self.shared.label, exc)
-            return
-        result = "ok" if created else "exists"
-        self.metrics.fleet_shared.labels(op="commit", result=result).inc()
-        await self.coordinator.touch(committed.sha256, committed.size, time.time())
+        if self.shared is not None:
+            self._in_background(f"small:{committed.sha256}", committed, lease=None)
 
     async def touch(self, sha256: str, size: int, when: float) -> None:
         """A local hit: the shared copy is in use too (fleet-wide LRU of the store)."""
