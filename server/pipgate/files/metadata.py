@@ -51,6 +51,10 @@ class DerivedMetadata:
         ``None`` when the wheel is not cached or has no usable METADATA (blocking)."""
         if not dist.filename.endswith(".whl"):
             return None
+        known = self.cached(key)
+        if known is not None:
+            # Fetched from upstream already (clients ask for metadata before the wheel).
+            return known
         sha = dist.sha256 if dist.sha256 and is_sha256(dist.sha256) else None
         if sha is None:
             sha = self._catalog.sha256_for(key)

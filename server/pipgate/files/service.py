@@ -16,7 +16,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -353,13 +353,23 @@ class FileService:
         if body is None:
             raise FileNotFound(f"upstream has no metadata for {dist.filename}")
         expected = {"sha256": dist.metadata_sha256} if dist.metadata_sha256 else {}
+        record = self._recorder(offer.project, name, metadata_key(key))
+
+        def store() -> Committed:
+            committed = self._blobs.put_bytes(body, expected)
+            record(committed)
+            return committed
+
         try:
-            committed = await asyncio.to_thread(self._blobs.put_bytes, body, expected)
+            # Stored, recorded and aliased in one worker-thread hop.
+            committed = await asyncio.to_thread(store)
         except IntegrityError as exc:
             error = UpstreamError(Reason(exc.kind), f"metadata of {dist.filename}: {exc}")
             report(error)
             raise error from exc
-        await self._record(offer.project, name, metadata_key(key), committed)
+        self._evictor.request()
+        # Verified bytes in hand: the answer (and the next ones) need no read from disk.
+        self._small.put(committed.sha256, body)
         if fetched:
             self._fleet.publish_small(committed)
         return Served(
@@ -471,19 +481,28 @@ class FileService:
         )
 
     async def _record(self, project: str, filename: str, key: str, c: Committed) -> None:
-        await self._catalog.record_blob(
-            c.sha256,
-            BlobRecord(
-                project=project,
-                filename=filename,
-                size=c.size,
-                verified=c.verified,
-                stored_at=time.time(),
-            ),
-        )
-        if key != c.sha256:
-            await self._catalog.put_alias(key, c.sha256)
+        await asyncio.to_thread(self._recorder(project, filename, key), c)
         self._evictor.request()
+
+    def _recorder(self, project: str, filename: str, key: str) -> Callable[[Committed], None]:
+        """What records a committed blob under ``key`` in the catalog: its record, its
+        size in the totals and its alias (blocking: one worker-thread hop for all)."""
+
+        def record(c: Committed) -> None:
+            self._catalog.record_blob_now(
+                c.sha256,
+                BlobRecord(
+                    project=project,
+                    filename=filename,
+                    size=c.size,
+                    verified=c.verified,
+                    stored_at=time.time(),
+                ),
+            )
+            if key != c.sha256:
+                self._catalog.put_alias_now(key, c.sha256)
+
+        return record
 
     async def _touch(self, sha256: str | None, size: int | None = None) -> None:
         """Record an access for LRU eviction, at most once a minute per file and worker."""

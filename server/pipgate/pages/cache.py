@@ -68,11 +68,21 @@ class PageCache:
             self._models.move_to_end(record.digest)
         return memo.view(result, record.age())
 
-    async def remember(self, digest: str, page: ProjectPage) -> _Memo:
-        """Keep a parsed page with its offers and first-seen times (recording the files
-        seen for the first time now)."""
+    def record_first_seen(self, page: ProjectPage) -> dict[str, float]:
+        """Record when files without an upload time were first seen, returning every
+        such time (blocking: a fresh page does it in its parse-and-store hop)."""
         unstamped = [f.filename for f in page.files if not f.upload_time]
-        seen = await self._catalog.first_seen(self.name, page.name, unstamped, time.time())
+        return self._catalog.first_seen_now(self.name, page.name, unstamped, time.time())
+
+    async def remember(
+        self, digest: str, page: ProjectPage, seen: dict[str, float] | None = None
+    ) -> _Memo:
+        """Keep a parsed page with its offers and first-seen times (recording the files
+        seen for the first time now, unless ``seen`` says what :meth:`record_first_seen`
+        returned)."""
+        unstamped = [f.filename for f in page.files if not f.upload_time]
+        if seen is None:
+            seen = await asyncio.to_thread(self.record_first_seen, page)
         served, served_digest = page, digest
         if self._synthesize and unstamped:
             served = replace(

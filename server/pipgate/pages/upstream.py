@@ -196,19 +196,19 @@ class UpstreamPages:
             fetched = await self._client.fetch_page(self._client.project_url(name))
         if fetched.status != 200:
             raise UpstreamError(Reason.BAD_PAGE, f"unexpected status {fetched.status}")
-        page, record, unchanged, model = await asyncio.to_thread(
+        page, record, unchanged, model, seen = await asyncio.to_thread(
             self._parse_and_store, fetched, name, old, now
         )
         self._cache.remember_record(name, record)
         await self._share(name, record, model)
-        memo = await self._cache.remember(record.digest, page)
+        memo = await self._cache.remember(record.digest, page, seen)
         return memo.view("revalidated" if unchanged else "miss", 0.0)
 
     def _parse_and_store(
         self, fetched: PageFetch, name: str, old: PageRecord | None, now: float
-    ) -> tuple[ProjectPage, PageRecord, bool, bytes]:
-        """Parse, then record in the catalog: one worker-thread hop for both (a cold
-        page's own cost is mostly such hops)."""
+    ) -> tuple[ProjectPage, PageRecord, bool, bytes, dict[str, float]]:
+        """Parse, then record the page and its files' first-seen times in the catalog:
+        one worker-thread hop for all (a cold page's own cost is mostly such hops)."""
         page = self._parse(fetched, name)
         model = page.to_json()
         digest = hashlib.sha256(model).hexdigest()
@@ -222,7 +222,7 @@ class UpstreamPages:
         )
         unchanged = old is not None and old.status == 200 and old.digest == digest
         self._catalog.put_page_now(self.name, name, record, None if unchanged else model)
-        return page, record, unchanged, model
+        return page, record, unchanged, model, self._cache.record_first_seen(page)
 
     def _parse(self, fetched: PageFetch, name: str) -> ProjectPage:
         """Parse by Content-Type (sniffing when it is missing); drop unusable links."""

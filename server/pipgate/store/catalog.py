@@ -38,6 +38,15 @@ log = logging.getLogger("pipgate.catalog")
 #: a worker grew ~80 MiB in a 10-minute soak. Hot records are memoised above SQLite, so
 #: a 1 MiB page cache and plain reads cost the warm path nothing.
 SQLITE_MEMORY = {"sqlite_cache_size": 256, "sqlite_mmap_size": 0}
+#: ... and no culling: pipgate evicts blobs itself and bounds remembered 404s by count,
+#: while diskcache's cull costs every write two more queries (expired rows, volume).
+#: An expired 404 still reads as absent.
+SQLITE_SETTINGS = {
+    **SQLITE_MEMORY,
+    "size_limit": 1 << 40,
+    "cull_limit": 0,
+    "eviction_policy": "none",
+}
 
 
 @dataclass(frozen=True)
@@ -114,7 +123,7 @@ class Catalog:
             # every blob at start-up).
             with contextlib.suppress(OSError):
                 legacy.rename(directory)
-        self._cache = diskcache.Cache(str(directory), size_limit=1 << 40, **SQLITE_MEMORY)
+        self._cache = diskcache.Cache(str(directory), **SQLITE_SETTINGS)
 
     def close(self) -> None:
         """Close the SQLite connection."""
@@ -200,17 +209,20 @@ class Catalog:
         ``now`` for those it had not seen: the cooldown clock of upstreams that publish
         no upload time (never earlier than the real upload)."""
 
-        def update() -> dict[str, float]:
-            key = f"seen/{source}/{project}"
-            with self._cache.transact():
-                seen = dict(self._cache.get(key) or {})
-                missing = [f for f in filenames if f not in seen]
-                if missing:
-                    seen.update(dict.fromkeys(missing, now))
-                    self._cache.set(key, seen)
-            return seen
+        return await asyncio.to_thread(self.first_seen_now, source, project, filenames, now)
 
-        return await asyncio.to_thread(update)
+    def first_seen_now(
+        self, source: str, project: str, filenames: list[str], now: float
+    ) -> dict[str, float]:
+        """Blocking :meth:`first_seen`."""
+        key = f"seen/{source}/{project}"
+        with self._cache.transact():
+            seen = dict(self._cache.get(key) or {})
+            missing = [f for f in filenames if f not in seen]
+            if missing:
+                seen.update(dict.fromkeys(missing, now))
+                self._cache.set(key, seen)
+        return seen
 
     def cached_projects(self, source: str) -> list[str]:
         """Projects with a cached page in ``source`` (blocking; the offline list)."""
