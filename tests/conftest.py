@@ -9,10 +9,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 
 from pipgate.app import create_app
 from pipgate.config import Config, UpstreamConfig
+from pipgate.web import hot_path
 from tests.support.fake_pypi import FakePyPI
 from tests.support.packages import BuiltDist, build_wheel
 from tests.support.seaweed import SeaweedFS, weed_binary
@@ -77,13 +79,21 @@ def any_upstream(request: pytest.FixtureRequest) -> Iterator[FakePyPI]:
 GateFactory = Callable[..., Awaitable[TestClient]]
 
 
+class GateServer(TestServer):
+    """The app run as ``pipgate serve`` runs it: warm pages answered before routing
+    (:mod:`pipgate.web.hot_path`), so every in-process test goes through that path."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return hot_path.Runner(self.app, **kwargs)
+
+
 @pytest.fixture
 def make_gate(aiohttp_client: Any, upstream: FakePyPI, tmp_path: Path) -> GateFactory:
     """Start pipgate in-process on loopback with config overrides."""
 
     async def start(**overrides: object) -> TestClient:
         config = gate_config(tmp_path / "cache", upstream, **overrides)
-        client: TestClient = await aiohttp_client(create_app(config))
+        client: TestClient = await aiohttp_client(GateServer(create_app(config)))
         return client
 
     return start

@@ -47,7 +47,7 @@ from pipgate.store.evict import Evictor
 from pipgate.store.integrity import Scrubber
 from pipgate.store.reconcile import reconcile
 from pipgate.upstream.registry import Upstreams
-from pipgate.web import admin, auth, files, middleware, ops, pages, setup
+from pipgate.web import admin, auth, files, hot_path, middleware, ops, pages, setup
 from pipgate.web import fleet as fleet_web
 from pipgate.web.hot_pages import HotFiles, HotPages
 from pipgate.web.state import SERVICES, Services
@@ -143,6 +143,7 @@ def create_app(
     guarded = closed or config.admin_token is not None
     app = web.Application(middlewares=[middleware.observe, *([auth.guard] if guarded else [])])
     app.on_response_prepare.append(middleware.add_request_id)
+    app[hot_path.ENABLED] = not guarded
     add_routes(app)
     if config.fleet_secret is not None:
         app.router.add_get("/-/fleet/blobs/{key}", fleet_web.blob, name="fleet_blob")

@@ -16,7 +16,7 @@ from pipgate.errors import UpstreamError
 from pipgate.limits import Limited
 from pipgate.logs import access_line, new_request_id, request_id
 from pipgate.web.http import text_error, upstream_error
-from pipgate.web.state import services
+from pipgate.web.state import Services, services
 
 log = logging.getLogger("pipgate.web")
 #: Where the request id is kept on the request (responses are prepared after the
@@ -44,9 +44,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     rid = new_request_id(request.headers.get("X-Request-ID"))
     request[REQUEST_ID] = rid
     token = request_id.set(rid)
-    client = limits.client_address.set(
-        client_address(request, services(request).config.trust_forwarded)
-    )
+    svc = services(request)
+    client = limits.client_address.set(client_address(request, svc.config.trust_forwarded))
     started = time.monotonic()
     status = 500
     try:
@@ -70,30 +69,37 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = response.status
         return response
     finally:
-        elapsed = time.monotonic() - started
         route = request.match_info.route.name or "other"
-        method = request.method if request.method in ("GET", "HEAD") else "other"
-        services(request).metrics.request_done(route, method, status, elapsed)
-        if access_line.logger.isEnabledFor(logging.INFO):
-            remote = request.remote
-            path = str(request.rel_url)
-            access_line.write(
-                f'{remote} "{request.method} {path}" {status} {elapsed:.3f}s pid={_PID}',
-                {
-                    "event": "access",
-                    "remote": remote,
-                    "method": request.method,
-                    "path": path,
-                    "route": route,
-                    "status": status,
-                    "duration": round(elapsed, 6),
-                    "user_agent": request.headers.get("User-Agent", "")[:200],
-                    "pid": _PID,
-                    "request_id": rid,
-                },
-            )
+        account(request, svc, route, status, time.monotonic() - started, rid)
         request_id.reset(token)
         limits.client_address.reset(client)
+
+
+def account(
+    request: web.Request, svc: Services, route: str, status: int, elapsed: float, rid: str
+) -> None:
+    """The request counter and latency histogram, and the access line, of one request
+    (here and on the hot path, :mod:`pipgate.web.hot_path`)."""
+    method = request.method if request.method in ("GET", "HEAD") else "other"
+    svc.metrics.request_done(route, method, status, elapsed)
+    if access_line.logger.isEnabledFor(logging.INFO):
+        remote = request.remote
+        path = str(request.rel_url)
+        access_line.write(
+            f'{remote} "{request.method} {path}" {status} {elapsed:.3f}s pid={_PID}',
+            {
+                "event": "access",
+                "remote": remote,
+                "method": request.method,
+                "path": path,
+                "route": route,
+                "status": status,
+                "duration": round(elapsed, 6),
+                "user_agent": request.headers.get("User-Agent", "")[:200],
+                "pid": _PID,
+                "request_id": rid,
+            },
+        )
 
 
 def client_address(request: web.Request, trust_forwarded: bool) -> str:

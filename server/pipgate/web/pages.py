@@ -14,6 +14,7 @@ from pipgate.simple.model import ProjectPage
 from pipgate.simple.names import is_valid_name, normalize
 from pipgate.simple.negotiate import PageFormat, choose_format
 from pipgate.web.files import send_file_path
+from pipgate.web.hot_pages import Key
 from pipgate.web.http import accepts_gzip, text_error, wants_revalidation
 from pipgate.web.ranges import etag_matches
 from pipgate.web.state import Services, services
@@ -83,12 +84,10 @@ async def project(request: web.Request) -> web.StreamResponse:
     gzip_ok = accepts_gzip(request.headers.get("Accept-Encoding"))
     revalidate = _revalidate(request)
     key = (name, fmt.variant, gzip_ok, base)
-    hot = None if revalidate else svc.hot_pages.get(key)
-    if hot is not None:
-        entry, now = hot
-        svc.metrics.cache("page", "hit")
-        headers = {**entry.headers, "Age": entry.age_at(now)}
-        return _answer(request, svc, entry.body, headers, entry.etag, entry.page, entry.digest)
+    if not revalidate:
+        answer = hot_answer(request, svc, key)
+        if answer is not None:
+            return answer
 
     view = await svc.pages.project(name, revalidate=revalidate)
     svc.metrics.cache("page", view.result)
@@ -136,6 +135,32 @@ async def project(request: web.Request) -> web.StreamResponse:
             digest=view.digest,
         )
     return _answer(request, svc, rendered.body, headers, rendered.etag, view.page, view.digest)
+
+
+def hot_answer(request: web.Request, svc: Services, key: Key) -> web.Response | None:
+    """The answer to a page request from the memo of finished answers, if it holds
+    one for ``key`` (counted as a page cache hit); ``None`` otherwise."""
+    hot = svc.hot_pages.get(key)
+    if hot is None:
+        return None
+    entry, now = hot
+    svc.metrics.cache("page", "hit")
+    headers = {**entry.headers, "Age": entry.age_at(now)}
+    return _answer(request, svc, entry.body, headers, entry.etag, entry.page, entry.digest)
+
+
+def hot_key(request: web.Request, svc: Services, name: str) -> Key | None:
+    """The memo key of a request for the page of normalised ``name`` that a hot answer
+    may serve: ``None`` when it asks to revalidate, or names a format in its query, or
+    its links would come from forwarded headers (the handler decides those)."""
+    if request.query_string or _revalidate(request):
+        return None
+    config = svc.config
+    if config.trust_forwarded and not config.public_url:
+        return None
+    fmt = choose_format(request.headers.get("Accept"), None)
+    gzip_ok = accepts_gzip(request.headers.get("Accept-Encoding"))
+    return (name, fmt.variant, gzip_ok, config.public_url)
 
 
 #: Results whose page is fresh: answers made from them may be reused (a stale page

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from pipgate.config import Config
+from pipgate.web import hot_path
 from pipgate.web.state import SERVICES
 
 log = logging.getLogger("pipgate.web")
@@ -213,7 +214,7 @@ async def _serve(app: web.Application, config: Config, sock: socket.socket) -> N
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(
+    runner = hot_path.Runner(
         app,
         access_log=None,
         keepalive_timeout=config.keepalive_timeout,
