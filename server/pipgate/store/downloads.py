@@ -284,6 +284,7 @@ class Download:
         """Own the download: upstream -> temp file -> verify -> blob."""
         token = uuid.uuid4().hex
         writer: BlobWriter | None = None
+        committed: Committed | None = None
         self._metrics.inflight_downloads.inc()
         try:
             async with self._fetch_body() as body:
@@ -327,14 +328,20 @@ class Download:
                 },
             )
             self._finish(committed)
-            self._notify()  # readers take the last byte now, not after the clean-up hops
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(sync_directory, committed.path.parent)
+            self._notify()  # readers take the last byte now, not after the clean-up hop
         finally:
             self._metrics.inflight_downloads.dec()
-            if writer is not None:
-                await asyncio.to_thread(writer.discard)
-            await asyncio.to_thread(self._store.readers_path(self.key).unlink, missing_ok=True)
+            await asyncio.to_thread(self._clean_up, writer, committed)
+
+    def _clean_up(self, writer: BlobWriter | None, committed: Committed | None) -> None:
+        """After the download, committed or not: make the rename durable, drop the temp
+        file and the readers' mark (blocking: one worker-thread hop for all three)."""
+        if committed is not None:
+            with contextlib.suppress(OSError):
+                sync_directory(committed.path.parent)
+        if writer is not None:
+            writer.discard()
+        self._store.readers_path(self.key).unlink(missing_ok=True)
 
     def _bound(self, declared: int | None) -> int | None:
         """The most bytes this body may have: the smaller of the size upstream declared
