@@ -46,6 +46,11 @@ class DerivedMetadata:
         sha = self._catalog.sha256_for(metadata_key(key))
         return sha if sha is not None and self._blobs.exists(sha) else None
 
+    def find(self, project: str, dist: DistFile, key: str) -> str | None:
+        """The sha256 of the stored metadata of file ``key``, derived from the cached
+        wheel when it is not stored yet (blocking: one hop for both look-ups)."""
+        return self.cached(key) or self.derive(project, dist, key)
+
     def derive(self, project: str, dist: DistFile, key: str) -> str | None:
         """Extract, check and store the metadata of a cached wheel; its sha256, or
         ``None`` when the wheel is not cached or has no usable METADATA (blocking)."""

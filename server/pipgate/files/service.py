@@ -121,6 +121,9 @@ class FileService:
         #: (key, filename) -> recent cache hit and when it was looked up.
         self._hits: dict[tuple[str, str], tuple[Served, float]] = {}
         self._small = SmallBodies()
+        #: Keys of files whose metadata this worker stored (no extraction from them);
+        #: forgotten all at once when full (forgetting costs one extraction).
+        self._stored_metadata: set[str] = set()
 
     async def _offer(self, project: str, key: str, filename: str) -> FileOffer:
         offer = await self._pages.find_file(project, key, filename)
@@ -151,8 +154,13 @@ class FileService:
             return self._pass_through(offer)
         self._metrics.cache("file", "miss")
 
+        loop = asyncio.get_running_loop()
+        recorder = self._recorder(project, filename, key)
+
+        def record(committed: Committed) -> None:  # in the download's commit hop
+            loop.call_soon_threadsafe(self._evictor.committed, recorder(committed))
+
         async def on_commit(committed: Committed) -> None:
-            await self._record(project, filename, key, committed)
             self._derive_later(offer, key)
             await self._fleet.committed(key, committed)
 
@@ -176,6 +184,7 @@ class FileService:
                 self._failed(offer, filename),
                 label=f"{project}/{filename}",
                 on_end=on_end,
+                record=record,
             )
             if started:
                 log.info("download %s/%s from %s", project, filename, client.name)
@@ -219,8 +228,8 @@ class FileService:
     def _derive_later(self, offer: FileOffer, key: str) -> None:
         """Extract a committed wheel's metadata in the background (not on the path of
         the download's last byte)."""
-        if not offer.dist.filename.endswith(".whl"):
-            return
+        if not offer.dist.filename.endswith(".whl") or key in self._stored_metadata:
+            return  # (clients ask for the metadata first: it is usually stored already)
         task = asyncio.create_task(
             asyncio.to_thread(self._derived.derive, offer.project, offer.dist, key)
         )
@@ -318,10 +327,8 @@ class FileService:
         if recent is not None:
             self._metrics.cache("metadata", "hit")
             return recent
-        sha = await asyncio.to_thread(self._derived.cached, key)
-        if sha is None:
-            # A cached wheel holds its own METADATA: no upstream request needed.
-            sha = await asyncio.to_thread(self._derived.derive, offer.project, offer.dist, key)
+        # Stored already, or in a cached wheel (its own METADATA: no upstream request).
+        sha = await asyncio.to_thread(self._derived.find, offer.project, offer.dist, key)
         if sha is not None:
             size = await asyncio.to_thread(self._blobs.size, sha)
             if size is not None:
@@ -355,21 +362,23 @@ class FileService:
         expected = {"sha256": dist.metadata_sha256} if dist.metadata_sha256 else {}
         record = self._recorder(offer.project, name, metadata_key(key))
 
-        def store() -> Committed:
+        def store() -> tuple[Committed, tuple[int, int]]:
             committed = self._blobs.put_bytes(body, expected)
-            record(committed)
-            return committed
+            return committed, record(committed)
 
         try:
             # Stored, recorded and aliased in one worker-thread hop.
-            committed = await asyncio.to_thread(store)
+            committed, totals = await asyncio.to_thread(store)
         except IntegrityError as exc:
             error = UpstreamError(Reason(exc.kind), f"metadata of {dist.filename}: {exc}")
             report(error)
             raise error from exc
-        self._evictor.request()
+        self._evictor.committed(totals)
         # Verified bytes in hand: the answer (and the next ones) need no read from disk.
         self._small.put(committed.sha256, body)
+        if len(self._stored_metadata) >= HIT_MEMO_ENTRIES:
+            self._stored_metadata.clear()
+        self._stored_metadata.add(key)
         if fetched:
             self._fleet.publish_small(committed)
         return Served(
@@ -480,15 +489,14 @@ class FileService:
             upstream=offer.upstream,
         )
 
-    async def _record(self, project: str, filename: str, key: str, c: Committed) -> None:
-        await asyncio.to_thread(self._recorder(project, filename, key), c)
-        self._evictor.request()
-
-    def _recorder(self, project: str, filename: str, key: str) -> Callable[[Committed], None]:
+    def _recorder(
+        self, project: str, filename: str, key: str
+    ) -> Callable[[Committed], tuple[int, int]]:
         """What records a committed blob under ``key`` in the catalog: its record, its
-        size in the totals and its alias (blocking: one worker-thread hop for all)."""
+        size in the totals and its alias, returning the new totals (blocking: one
+        worker-thread hop for all, the eviction check included)."""
 
-        def record(c: Committed) -> None:
+        def record(c: Committed) -> tuple[int, int]:
             self._catalog.record_blob_now(
                 c.sha256,
                 BlobRecord(
@@ -501,6 +509,7 @@ class FileService:
             )
             if key != c.sha256:
                 self._catalog.put_alias_now(key, c.sha256)
+            return self._catalog.totals_now()
 
         return record
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pipgate.files.metadata import DerivedMetadata
 from pipgate.links import file_key
 from pipgate.pages.source import FileOffer, Offers, PageSource, PageView, ProjectList
+from pipgate.simple.model import DistFile
 
 #: Wheels whose metadata is extracted while one page is prepared (bounds its latency).
 DERIVE_PER_PAGE = 16
@@ -51,6 +52,8 @@ class MetadataInjector:
             or memo.generation != self._derived.generation
             or time.monotonic() - memo.made_at > MEMO_SECONDS
         ):
+            if not any(_needs_metadata(dist) for dist in view.page.files):
+                return view  # every wheel's metadata is advertised already
             memo = await asyncio.to_thread(self._inject, view)
             self._memo[view.digest] = memo
             while len(self._memo) > MEMO_ENTRIES:
@@ -79,7 +82,7 @@ class MetadataInjector:
         injected: list[tuple[str, str]] = []
         files = []
         for dist in view.page.files:
-            if dist.has_metadata or not dist.filename.endswith(".whl"):
+            if not _needs_metadata(dist):
                 files.append(dist)
                 continue
             key = file_key(dist)
@@ -101,3 +104,8 @@ class MetadataInjector:
         offers = view.offers.for_page(page) if view.offers is not None else Offers(page, "")
         shown = replace(view, page=page, digest=digest, offers=offers)
         return _Injected(shown, generation, time.monotonic())
+
+
+def _needs_metadata(dist: DistFile) -> bool:
+    """A wheel whose upstream advertises no metadata file."""
+    return not dist.has_metadata and dist.filename.endswith(".whl")

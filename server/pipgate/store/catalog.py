@@ -290,14 +290,14 @@ class Catalog:
 
     async def totals(self) -> tuple[int, int]:
         """``(bytes, files)`` of all recorded blobs."""
+        return await asyncio.to_thread(self.totals_now)
 
-        def read() -> tuple[int, int]:
-            return (
-                int(self._cache.get("total_size", 0) or 0),
-                int(self._cache.get("total_files", 0) or 0),
-            )
-
-        return await asyncio.to_thread(read)
+    def totals_now(self) -> tuple[int, int]:
+        """Blocking :meth:`totals`."""
+        return (
+            int(self._cache.get("total_size", 0) or 0),
+            int(self._cache.get("total_files", 0) or 0),
+        )
 
     def blob_entries(self) -> list[tuple[str, BlobRecord, float]]:
         """Every recorded blob with its last access time (blocking; for a worker thread)."""

@@ -74,6 +74,9 @@ class State(Enum):
 
 
 OnCommit = Callable[[Committed], Awaitable[None]]
+#: Blocking bookkeeping of a commit (the catalog record), run in the commit's own
+#: worker-thread hop, before ``OnCommit``.
+Record = Callable[[Committed], None]
 OnFailure = Callable[[UpstreamError], None]
 
 
@@ -119,6 +122,7 @@ class Download:
         on_unavailable: Callable[[Reason], None],
         label: str = "",
         max_size: int = 0,
+        record: Record | None = None,
     ) -> None:
         self.key = key
         #: Largest body accepted when neither upstream nor the page says the size
@@ -132,6 +136,7 @@ class Download:
         self._store = store
         self._metrics = metrics
         self._on_commit = on_commit
+        self._record = record
         self._on_failure = on_failure
         self._on_unavailable = on_unavailable
         self.state = State.RUNNING
@@ -264,7 +269,7 @@ class Download:
             log.exception("download of %s failed unexpectedly", self.label)
             self._fail(UpstreamError(classify(exc), f"{type(exc).__name__}: {exc}"))
         finally:
-            if self.owner:
+            if self.owner and lock.held:  # (a fetch gives it up in its clean-up hop)
                 await asyncio.to_thread(lock.release)
             self._started.set()
             self._notify()
@@ -311,37 +316,49 @@ class Download:
                     Reason.TRUNCATED, f"body ended after {writer.written} of {self.size} bytes"
                 )
             try:
-                committed = await asyncio.to_thread(writer.commit, sync_dir=False)
+                committed = await asyncio.to_thread(self._commit, writer, lock, token)
             except IntegrityError as exc:
                 raise UpstreamError(Reason(exc.kind), str(exc)) from exc
             except OSError as exc:
                 raise self._storage_error(exc) from exc
             await self._on_commit(committed)
-            await asyncio.to_thread(
-                lock.write_state,
-                {
-                    "token": token,
-                    "state": "done",
-                    "size": committed.size,
-                    "sha256": committed.sha256,
-                    "verified": committed.verified,
-                },
-            )
             self._finish(committed)
             self._notify()  # readers take the last byte now, not after the clean-up hop
         finally:
             self._metrics.inflight_downloads.dec()
-            await asyncio.to_thread(self._clean_up, writer, committed)
+            await asyncio.to_thread(self._clean_up, writer, committed, lock)
 
-    def _clean_up(self, writer: BlobWriter | None, committed: Committed | None) -> None:
+    def _commit(self, writer: BlobWriter, lock: DownloadLock, token: str) -> Committed:
+        """Verify and commit the blob, tell other workers' followers it is there, and
+        record it (blocking: one worker-thread hop for all three)."""
+        committed = writer.commit(sync_dir=False)
+        lock.write_state(
+            {
+                "token": token,
+                "state": "done",
+                "size": committed.size,
+                "sha256": committed.sha256,
+                "verified": committed.verified,
+            }
+        )
+        if self._record is not None:
+            self._record(committed)
+        return committed
+
+    def _clean_up(
+        self, writer: BlobWriter | None, committed: Committed | None, lock: DownloadLock
+    ) -> None:
         """After the download, committed or not: make the rename durable, drop the temp
-        file and the readers' mark (blocking: one worker-thread hop for all three)."""
-        if committed is not None:
-            with contextlib.suppress(OSError):
-                sync_directory(committed.path.parent)
-        if writer is not None:
-            writer.discard()
-        self._store.readers_path(self.key).unlink(missing_ok=True)
+        file and the readers' mark, give the lock up (blocking: one worker-thread hop)."""
+        try:
+            if committed is not None:
+                with contextlib.suppress(OSError):
+                    sync_directory(committed.path.parent)
+            if writer is not None:
+                writer.discard()
+            self._store.readers_path(self.key).unlink(missing_ok=True)
+        finally:
+            lock.release()
 
     def _bound(self, declared: int | None) -> int | None:
         """The most bytes this body may have: the smaller of the size upstream declared
@@ -587,9 +604,11 @@ class DownloadManager:
         *,
         label: str = "",
         on_end: Callable[[], Awaitable[None]] | None = None,
+        record: Record | None = None,
     ) -> tuple[Download, bool]:
         """The running download of ``key``, or a new one; the flag says if it is new.
-        ``on_end`` runs when a new one ends (its slot is given back there)."""
+        ``on_end`` runs when a new one ends (its slot is given back there); ``record``
+        in the hop that commits it."""
         current = self._active.get(key)
         if current is not None:
             return current, False
@@ -605,6 +624,7 @@ class DownloadManager:
             on_unavailable=self._mark_unavailable,
             label=label,
             max_size=self._max_file_size,
+            record=record,
         )
         self._active[key] = download
         task = asyncio.create_task(self._run(download, on_end), name=f"download:{key}")

@@ -72,6 +72,15 @@ class Evictor:
         self._metrics.cache_files.set(files)
         return size
 
+    def committed(self, totals: tuple[int, int]) -> None:
+        """A commit was recorded and the catalog's totals read in the same hop: the
+        gauges take them, and a pass runs only when they are over ``max_size``."""
+        size, files = totals
+        self._metrics.cache_size.set(size)
+        self._metrics.cache_files.set(files)
+        if self._max_size and size > self._max_size:
+            self.request()
+
     def request(self) -> None:
         """Check the size soon (after a commit); at most one pass runs per worker."""
         if self._task is not None and not self._task.done():

@@ -45,6 +45,11 @@ class DownloadLock:
         self._fd = fd
         return True
 
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the lock through this object."""
+        return self._fd is not None
+
     def release(self) -> None:
         """Give the lock up (closing the descriptor releases the flock)."""
         if self._fd is not None:
