@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from pipgate.upstream import client as upstream_client
 from pipgate.web.state import SERVICES
+from tests.conftest import GateFactory
 from tests.support.fake_pypi import FakePyPI
 from tests.support.links import file_path
 from tests.support.metrics import metric_value
@@ -127,12 +128,31 @@ async def test_corrupt_metadata_is_refused(gate: TestClient, upstream: FakePyPI)
 async def test_hash_mismatch_aborts_the_body_and_counts_the_failure(
     gate: TestClient, upstream: FakePyPI
 ) -> None:
-    upstream.corrupt.add(ALPHA)
-    path = await file_path(gate, "alpha", ALPHA)
+    big = build_wheel("bigpkg", "1.0", pad_to=1 << 20)  # streamed: over the memory tier
+    upstream.add(big)
+    upstream.corrupt.add(big.filename)
+    path = await file_path(gate, "bigpkg", big.filename)
     resp = await gate.get(path)
     assert resp.status == 200  # headers were sent while the bytes streamed
     with pytest.raises(aiohttp.ClientPayloadError):
         await resp.read()
+    assert await metric(gate, "pipgate_download_failures_total", reason="hash_mismatch") == 1
+    retry = await gate.get(path)
+    assert retry.status == 503 and retry.headers["X-Pipgate-Reason"] == "hash_mismatch"
+    assert upstream.downloads(big.filename) == 1
+
+
+async def test_a_small_file_that_fails_verification_is_refused_whole(
+    gate: TestClient, upstream: FakePyPI
+) -> None:
+    """A small file reaches its first readers whole once verified (from memory), so a
+    bad one is a clean 503 with the cause: not one byte of it was sent."""
+    upstream.corrupt.add(ALPHA)
+    path = await file_path(gate, "alpha", ALPHA)
+    resp = await gate.get(path)
+    assert resp.status == 503
+    assert resp.headers["X-Pipgate-Reason"] == "hash_mismatch"
+    assert dist(ALPHA).data[:100] not in await resp.read()
     assert await metric(gate, "pipgate_download_failures_total", reason="hash_mismatch") == 1
     # An immediate retry is refused with the cause (in the reason phrase pip prints):
     # fetching the same bad bytes again helps nobody; nothing was cached.
@@ -219,16 +239,19 @@ async def test_cache_metrics_count_hits_and_misses(gate: TestClient) -> None:
 
 
 async def test_small_file_corrupted_on_disk_is_never_sent_and_is_fetched_again(
-    gate: TestClient, upstream: FakePyPI
+    make_gate: GateFactory, upstream: FakePyPI
 ) -> None:
     """Small blobs are answered from memory after one verified read: a blob that rotted
     on disk before that read is removed and downloaded again, not sent."""
-    path = await file_path(gate, "alpha", ALPHA)
-    await (await gate.get(path)).read()  # the miss: downloaded and committed
-    blob = gate.server.app[SERVICES].blobs.path(dist(ALPHA).sha256)
+    first = await make_gate()
+    path = await file_path(first, "alpha", ALPHA)
+    await (await first.get(path)).read()  # the miss: downloaded and committed
+    blob = first.server.app[SERVICES].blobs.path(dist(ALPHA).sha256)
     good = blob.read_bytes()
     blob.write_bytes(bytes([good[0] ^ 0xFF]) + good[1:])  # bit rot, same length
 
+    # Another worker of the same cache (the first keeps the bytes it downloaded).
+    gate = await make_gate()
     again = await gate.get(path)
     assert again.status == 200
     assert await again.read() == dist(ALPHA).data

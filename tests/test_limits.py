@@ -70,7 +70,9 @@ async def test_every_reader_of_a_failing_download_learns_of_it_within_seconds(
 ) -> None:
     """Many readers join corrupt downloads at random moments (before the first byte,
     mid-body, as verification fails); each one ends with a cut body or an error status
-    within seconds, never a complete 200 body and never a hang."""
+    within seconds, never a complete 200 body and never a hang. Files up to the memory
+    tier reach their readers whole or not at all (an error status); larger ones stream
+    (a cut body)."""
     rng = random.Random(1234)
     upstream.chunk_size = 16 * 1024
     upstream.file_delay = 0.002
@@ -89,7 +91,8 @@ async def test_every_reader_of_a_failing_download_learns_of_it_within_seconds(
         return "complete"
 
     for number in range(30):
-        dist = build_wheel(f"bad{number}", "1.0", pad_to=rng.choice([20_000, 90_000, 200_000]))
+        size = rng.choice([20_000, 90_000, 200_000, 400_000, 600_000])
+        dist = build_wheel(f"bad{number}", "1.0", pad_to=size)
         upstream.add(dist)
         upstream.corrupt.add(dist.filename)
         path = await file_path(gate, dist.project, dist.filename)
@@ -99,6 +102,7 @@ async def test_every_reader_of_a_failing_download_learns_of_it_within_seconds(
             assert outcome != "complete", "a reader got a whole file that failed verification"
     assert sum(outcomes.values()) == 120
     assert outcomes.get("cut", 0) > 0, outcomes
+    assert outcomes.get("status", 0) > 0, outcomes
 
 
 # --- finding 2: the project list is capped and streamed --------------------------------
@@ -272,8 +276,9 @@ async def test_every_published_hash_is_verified(
     gate, server = await gate_on(aiohttp_client, custom_index(page, {name: serve}), tmp_path)
     try:
         resp = await gate.get(await file_path(gate, "twohash", name))
-        with pytest.raises(aiohttp.ClientPayloadError):
-            await resp.read()
+        # A small file reaches its readers whole once verified: a bad one is refused.
+        assert resp.status == 503
+        assert resp.headers["X-Pipgate-Reason"] == "hash_mismatch"
         blobs = [p for p in (tmp_path / "cache" / "blobs").rglob("*") if p.is_file()]
         assert blobs == [], "a file with one wrong published hash was cached"
     finally:

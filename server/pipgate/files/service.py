@@ -32,7 +32,14 @@ from pipgate.pages.source import FileOffer, NotOffered, PageSource
 from pipgate.simple.model import DistFile
 from pipgate.store.blobs import VERIFIABLE, BlobStore, Committed, IntegrityError, is_sha256
 from pipgate.store.catalog import BlobRecord, Catalog
-from pipgate.store.downloads import Body, DownloadManager, OnFailure, PassThrough, Readable
+from pipgate.store.downloads import (
+    Body,
+    Download,
+    DownloadManager,
+    OnFailure,
+    PassThrough,
+    Readable,
+)
 from pipgate.store.evict import Evictor
 from pipgate.store.integrity import remove_corrupt
 from pipgate.store.locks import DownloadLock
@@ -185,6 +192,7 @@ class FileService:
                 label=f"{project}/{filename}",
                 on_end=on_end,
                 record=record,
+                keep_up_to=SMALL_BODY,
             )
             if started:
                 log.info("download %s/%s from %s", project, filename, client.name)
@@ -392,11 +400,19 @@ class FileService:
 
     async def small_body(self, served: Served) -> bytes | None:
         """The whole verified body of a small cached blob, from memory after the first
-        read; ``None`` when it is sent from disk instead (large, or not a blob).
+        read, or of a small download once it verified; ``None`` when it is sent from
+        disk instead (large, not a blob, or another worker's download).
 
         Raises ``FileNotFoundError`` when the blob is gone, or was corrupt on disk (it is
         then removed, so the next look-up fetches it again).
         """
+        if isinstance(served.stream, Download):
+            # A small file arriving now: its readers get it whole once it verified.
+            data = await served.stream.kept_body()
+            committed = served.stream.committed
+            if data is not None and committed is not None:
+                self._small.put(committed.sha256, data)
+            return data
         sha, path, size = served.sha256, served.path, served.size
         if path is None or sha is None or size is None or size > SMALL_BODY:
             return None

@@ -123,8 +123,14 @@ class Download:
         label: str = "",
         max_size: int = 0,
         record: Record | None = None,
+        keep_up_to: int = 0,
     ) -> None:
         self.key = key
+        #: Files up to this size are also kept in memory as they arrive (0: none).
+        self._keep_up_to = keep_up_to
+        self._kept: list[bytes] | None = None
+        #: A kept file's whole verified body, once committed.
+        self.body: bytes | None = None
         #: Largest body accepted when neither upstream nor the page says the size
         #: (0: no limit); a body past its known size is cut either way.
         self._max_size = max_size
@@ -162,6 +168,26 @@ class Download:
         if self.state is State.FAILED and self.written == 0:
             assert self.error is not None
             raise self.error
+
+    async def kept_body(self) -> bytes | None:
+        """A small file's whole verified body once committed, waiting as a reader
+        (it counts against abandonment); ``None`` when this download does not keep its
+        bytes (too large, another worker's, or committed before). Raises the download's
+        error: nothing was sent yet, so the client gets a clean failure."""
+        if self._kept is None and self.body is None:
+            return None
+        self.readers += 1
+        try:
+            while self.state is State.RUNNING:
+                await self._progress.wait()
+        finally:
+            self.readers -= 1
+            if self.readers == 0:
+                self._unread_since = time.monotonic()
+        if self.state is State.FAILED:
+            assert self.error is not None
+            raise self.error
+        return self.body
 
     async def segments(
         self, start: int = 0, end: int | None = None
@@ -297,6 +323,8 @@ class Download:
                 bound = self._bound(body.size)
                 state = {"token": token, "state": "running", "size": size}
                 writer = await self._open_writer(size, lock, state)
+                if size is not None and size <= self._keep_up_to:
+                    self._kept = []
                 self.size = size
                 self._started.set()
                 async for chunk in body.chunks():
@@ -305,6 +333,8 @@ class Download:
                             Reason.TOO_LARGE, f"body runs past {bound} bytes (its known size)"
                         )
                     await self._write(writer, chunk)
+                    if self._kept is not None:
+                        self._kept.append(chunk)
                     self.written = writer.written
                     self._notify()
                     if self._abandoned():
@@ -322,6 +352,9 @@ class Download:
             except OSError as exc:
                 raise self._storage_error(exc) from exc
             await self._on_commit(committed)
+            if self._kept is not None:
+                kept = b"".join(self._kept)
+                self.body = kept if len(kept) == committed.size else None
             self._finish(committed)
             self._notify()  # readers take the last byte now, not after the clean-up hop
         finally:
@@ -605,10 +638,12 @@ class DownloadManager:
         label: str = "",
         on_end: Callable[[], Awaitable[None]] | None = None,
         record: Record | None = None,
+        keep_up_to: int = 0,
     ) -> tuple[Download, bool]:
         """The running download of ``key``, or a new one; the flag says if it is new.
         ``on_end`` runs when a new one ends (its slot is given back there); ``record``
-        in the hop that commits it."""
+        in the hop that commits it; a file up to ``keep_up_to`` bytes is kept in memory
+        for its readers."""
         current = self._active.get(key)
         if current is not None:
             return current, False
@@ -625,6 +660,7 @@ class DownloadManager:
             label=label,
             max_size=self._max_file_size,
             record=record,
+            keep_up_to=keep_up_to,
         )
         self._active[key] = download
         task = asyncio.create_task(self._run(download, on_end), name=f"download:{key}")
