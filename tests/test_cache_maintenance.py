@@ -199,6 +199,40 @@ async def test_disk_full_mid_download_is_counted_and_later_requests_pass_through
     assert metric_value(text, "pipgate_cache_requests_total", kind="file", result="bypass") == 1
 
 
+@pytest.mark.parametrize("corrupt", [False, True])
+async def test_a_small_file_the_disk_cannot_take_is_still_served_whole_once_verified(
+    make_gate: GateFactory,
+    upstream: FakePyPI,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    corrupt: bool,
+) -> None:
+    """A small file is received whole in memory before it is written: when the disk
+    refuses it, the bytes are verified in memory and its readers get them (as a
+    pass-through would), or a clean 503 when they are wrong; nothing is cached."""
+    dist = build_wheel("smallfull", "1.0", pad_to=50_000)
+    upstream.add(dist, metadata=False)
+    if corrupt:
+        upstream.corrupt.add(dist.filename)
+    gate = await make_gate()
+
+    def disk_full(self: BlobWriter, chunk: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(BlobWriter, "write", disk_full)
+    resp = await gate.get(await file_path(gate, dist.project, dist.filename))
+    if corrupt:
+        assert resp.status == 503
+        assert resp.headers["X-Pipgate-Reason"] == "hash_mismatch"
+    else:
+        assert resp.status == 200
+        assert await resp.read() == dist.data
+    assert not BlobStore(tmp_path / "cache").exists(dist.sha256)
+    text = await metrics_text(gate)
+    reason = "hash_mismatch" if corrupt else "disk_full"
+    assert metric_value(text, "pipgate_download_failures_total", reason=reason) == 1
+
+
 @pytest.fixture
 def tiny_filesystem(tmp_path: Path) -> Path:
     """A 2 MiB tmpfs (root can mount one here); the test explains itself if it cannot."""

@@ -44,6 +44,16 @@ class IntegrityError(Exception):
         self.kind = kind
 
 
+def check_bytes(data: bytes, expected: Mapping[str, str]) -> None:
+    """Raise :class:`IntegrityError` unless ``data`` matches every published hash
+    pipgate knows: a body verified in memory that could not be stored."""
+    published = {k.lower(): v for k, v in expected.items()}
+    for name in VERIFIABLE:
+        want = published.get(name)
+        if want and hashlib.new(name, data).hexdigest() != want.lower():
+            raise IntegrityError("hash_mismatch", f"{name} of {len(data)} bytes != published")
+
+
 def is_sha256(value: str) -> bool:
     """Whether ``value`` is a lowercase hex sha256 (the blob naming scheme)."""
     return bool(_SHA256.match(value))

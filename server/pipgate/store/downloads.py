@@ -43,6 +43,7 @@ from pipgate.store.blobs import (
     BlobWriter,
     Committed,
     IntegrityError,
+    check_bytes,
     sync_directory,
 )
 from pipgate.store.locks import DownloadLock
@@ -126,9 +127,10 @@ class Download:
         keep_up_to: int = 0,
     ) -> None:
         self.key = key
-        #: Files up to this size are also kept in memory as they arrive (0: none).
+        #: Files up to this size are received whole in memory, then written, verified
+        #: and committed in one worker-thread hop; their readers get the body whole.
         self._keep_up_to = keep_up_to
-        self._kept: list[bytes] | None = None
+        self._keeps = False
         #: A kept file's whole verified body, once committed.
         self.body: bytes | None = None
         #: Largest body accepted when neither upstream nor the page says the size
@@ -174,7 +176,7 @@ class Download:
         (it counts against abandonment); ``None`` when this download does not keep its
         bytes (too large, another worker's, or committed before). Raises the download's
         error: nothing was sent yet, so the client gets a clean failure."""
-        if self._kept is None and self.body is None:
+        if not self._keeps:
             return None
         self.readers += 1
         try:
@@ -184,6 +186,8 @@ class Download:
             self.readers -= 1
             if self.readers == 0:
                 self._unread_since = time.monotonic()
+        if self.body is not None:  # verified (stored, or not storable but checked)
+            return self.body
         if self.state is State.FAILED:
             assert self.error is not None
             raise self.error
@@ -318,48 +322,90 @@ class Download:
         committed: Committed | None = None
         self._metrics.inflight_downloads.inc()
         try:
+            kept: bytes | None = None
             async with self._fetch_body() as body:
                 size = body.size if body.size is not None else self._expected_size
                 bound = self._bound(body.size)
                 state = {"token": token, "state": "running", "size": size}
-                writer = await self._open_writer(size, lock, state)
                 if size is not None and size <= self._keep_up_to:
-                    self._kept = []
-                self.size = size
-                self._started.set()
-                async for chunk in body.chunks():
-                    if bound is not None and writer.written + len(chunk) > bound:
-                        raise UpstreamError(
-                            Reason.TOO_LARGE, f"body runs past {bound} bytes (its known size)"
-                        )
-                    await self._write(writer, chunk)
-                    if self._kept is not None:
-                        self._kept.append(chunk)
-                    self.written = writer.written
-                    self._notify()
-                    if self._abandoned():
-                        raise UpstreamError(
-                            Reason.OTHER, "no client reads this download any more: stopped"
-                        )
-            if self.size is not None and writer.written < self.size:
-                raise UpstreamError(
-                    Reason.TRUNCATED, f"body ended after {writer.written} of {self.size} bytes"
-                )
+                    kept = await self._receive_whole(body, size, bound)
+                else:
+                    writer = await self._open_writer(size, lock, state)
+                    self.size = size
+                    self._started.set()
+                    async for chunk in body.chunks():
+                        self._check_bound(bound, writer.written + len(chunk))
+                        await self._write(writer, chunk)
+                        self.written = writer.written
+                        self._notify()
+                        self._check_wanted()
             try:
-                committed = await asyncio.to_thread(self._commit, writer, lock, token)
+                if kept is not None:
+                    try:
+                        committed = await asyncio.to_thread(
+                            self._store_whole, kept, lock, state, token
+                        )
+                    except OSError as exc:
+                        # Not stored (disk full, read-only), but whole in memory: once
+                        # it verifies there its readers get it, as a pass-through would.
+                        check_bytes(kept, self._expected)
+                        self.body = kept
+                        raise self._storage_error(exc) from exc
+                    self.body = kept
+                else:
+                    assert writer is not None
+                    self._check_complete(writer.written)
+                    committed = await asyncio.to_thread(self._commit, writer, lock, token)
             except IntegrityError as exc:
                 raise UpstreamError(Reason(exc.kind), str(exc)) from exc
             except OSError as exc:
                 raise self._storage_error(exc) from exc
             await self._on_commit(committed)
-            if self._kept is not None:
-                kept = b"".join(self._kept)
-                self.body = kept if len(kept) == committed.size else None
             self._finish(committed)
             self._notify()  # readers take the last byte now, not after the clean-up hop
         finally:
             self._metrics.inflight_downloads.dec()
             await asyncio.to_thread(self._clean_up, writer, committed, lock)
+
+    async def _receive_whole(self, body: Body, size: int, bound: int | None) -> bytes:
+        """A small body, whole, in memory (its readers wait for it verified)."""
+        self.size = size
+        self._keeps = True
+        self._started.set()
+        chunks: list[bytes] = []
+        async for chunk in body.chunks():
+            self._check_bound(bound, self.written + len(chunk))
+            chunks.append(chunk)
+            self.written += len(chunk)
+            self._check_wanted()
+        self._check_complete(self.written)
+        return b"".join(chunks)
+
+    def _check_bound(self, bound: int | None, total: int) -> None:
+        if bound is not None and total > bound:
+            raise UpstreamError(Reason.TOO_LARGE, f"body runs past {bound} bytes (its known size)")
+
+    def _check_wanted(self) -> None:
+        if self._abandoned():
+            raise UpstreamError(Reason.OTHER, "no client reads this download any more: stopped")
+
+    def _check_complete(self, received: int) -> None:
+        if self.size is not None and received < self.size:
+            raise UpstreamError(
+                Reason.TRUNCATED, f"body ended after {received} of {self.size} bytes"
+            )
+
+    def _store_whole(
+        self, data: bytes, lock: DownloadLock, state: dict[str, Any], token: str
+    ) -> Committed:
+        """Write, verify and commit a body received whole, and record it (blocking: one
+        worker-thread hop from the last byte to the blob)."""
+        writer = self._new_writer(len(data), lock, state)
+        try:
+            writer.write(data)
+            return self._commit(writer, lock, token)
+        finally:
+            writer.discard()  # (a no-op once committed)
 
     def _commit(self, writer: BlobWriter, lock: DownloadLock, token: str) -> Committed:
         """Verify and commit the blob, tell other workers' followers it is there, and
@@ -412,27 +458,30 @@ class Download:
     ) -> BlobWriter:
         """Check the free space, open the temp file and publish ``state`` to followers,
         in one worker-thread hop."""
-
-        def open_writer() -> BlobWriter:
-            free, reserved = self._store.free_and_reserved(self.key)
-            if size is not None and free - reserved < size + FREE_SPACE_RESERVE:
-                raise OSError(
-                    errno.ENOSPC,
-                    f"not enough free space ({free} bytes free, {reserved} of them "
-                    "promised to downloads in flight)",
-                )
-            writer = self._store.writer(self._expected, size, self.temp_path)
-            try:
-                lock.write_state(state)
-            except BaseException:
-                writer.discard()
-                raise
-            return writer
-
         try:
-            return await asyncio.to_thread(open_writer)
+            return await asyncio.to_thread(self._new_writer, size, lock, state)
         except OSError as exc:
             raise self._storage_error(exc) from exc
+
+    def _new_writer(
+        self, size: int | None, lock: DownloadLock, state: dict[str, Any]
+    ) -> BlobWriter:
+        """The temp file of this download, after a free-space check, with ``state``
+        published to followers (blocking)."""
+        free, reserved = self._store.free_and_reserved(self.key)
+        if size is not None and free - reserved < size + FREE_SPACE_RESERVE:
+            raise OSError(
+                errno.ENOSPC,
+                f"not enough free space ({free} bytes free, {reserved} of them "
+                "promised to downloads in flight)",
+            )
+        writer = self._store.writer(self._expected, size, self.temp_path)
+        try:
+            lock.write_state(state)
+        except BaseException:
+            writer.discard()
+            raise
+        return writer
 
     async def _write(self, writer: BlobWriter, chunk: bytes) -> None:
         try:
