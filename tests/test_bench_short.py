@@ -66,3 +66,12 @@ def test_chaos_short_form_never_serves_a_wrong_file_nor_hangs(tmp_path: Path) ->
     assert sum(result["faults_injected"].values()) > 0
     assert all(c["succeeded"] > 0 for c in clients.values()), clients
     assert result["_status"] == 0 and result["passed"], result["_output"]
+
+
+def test_cold_short_form_checks_every_body_through_pipgate_and_upstream(tmp_path: Path) -> None:
+    result = run_short("cold.py", tmp_path, timeout=60)
+    runs = {(r["target"], r["concurrency"]) for r in result["runs"]}
+    assert runs == {("upstream", 1), ("pipgate", 1), ("upstream", 3), ("pipgate", 3)}, runs
+    assert not result["problems"], result["_output"]
+    assert all(r["server_cpu_ms_per_chain"] > 0 for r in result["runs"] if r["target"] == "pipgate")
+    assert result["_status"] == 0 and result["passed"], result["_output"]
