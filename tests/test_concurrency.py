@@ -12,11 +12,12 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from pipgate.app import create_app
+from pipgate.store import downloads
 from pipgate.store.blobs import BlobStore
 from tests.conftest import GateFactory, gate_config
 from tests.support.fake_pypi import FakePyPI
 from tests.support.links import file_path
-from tests.support.packages import BuiltDist
+from tests.support.packages import BuiltDist, build_wheel
 
 JSON = "application/vnd.pypi.simple.v1+json"
 
@@ -165,3 +166,30 @@ async def test_followers_are_aborted_when_the_owners_download_fails(
         with pytest.raises(aiohttp.ClientPayloadError):
             await response.read()
     assert upstream.downloads(slow_big.filename) == 1
+
+
+async def test_another_worker_follows_a_slow_small_download_from_its_start(
+    make_gate: GateFactory, upstream: FakePyPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small file is held in memory until whole, so its temp file appears only at the
+    end; the owner publishes its state when it claims the download, so another worker
+    (here a second app on the same cache) follows it at once instead of timing out."""
+    monkeypatch.setattr(downloads, "FOLLOW_START_TIMEOUT", 0.5)
+    dist = build_wheel("slowsmall", "1.0", pad_to=150_000)  # within the memory tier
+    upstream.add(dist, metadata=False)
+    upstream.chunk_size = 16 * 1024
+    upstream.file_delay = 0.12  # ~1.1 s in all: longer than the follower's start timeout
+    owner, follower = await make_gate(), await make_gate()
+    path = await file_path(owner, dist.project, dist.filename)
+
+    async def fetch(gate: TestClient, delay: float) -> bytes:
+        await asyncio.sleep(delay)
+        resp = await gate.get(path)
+        assert resp.status == 200, await resp.text()
+        return await resp.read()
+
+    first, second = await asyncio.wait_for(
+        asyncio.gather(fetch(owner, 0), fetch(follower, 0.2)), timeout=20
+    )
+    assert first == second == dist.data
+    assert upstream.downloads(dist.filename) == 1

@@ -13,7 +13,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -565,8 +564,7 @@ async def test_headless_chromium_renders_the_status_page_with_its_data(
             assert (await (await gate.get(path)).read())[:2] == b"PK"
     upstream.corrupt.add(GAMMA)
     corrupt = await gate.get(await file_path(gate, "gamma", GAMMA))
-    with pytest.raises(aiohttp.ClientPayloadError):
-        await corrupt.read()
+    assert corrupt.status == 503  # a small file is refused whole when it fails
     await wait_for_failure(gate, "hash_mismatch")
     # A hostile value in the log must reach the browser as text, not as markup.
     svc = gate.app[SERVICES]

@@ -282,12 +282,13 @@ class Download:
         """Download (or follow another worker's download); never raises."""
         lock = DownloadLock(self._store.download_lock_path(self.key))
         try:
-            self.owner, existing = await asyncio.to_thread(self._claim, lock)
+            token = uuid.uuid4().hex
+            self.owner, existing = await asyncio.to_thread(self._claim, lock, token)
             if existing is not None:
                 # Another worker committed it just before we took the lock.
                 self._finish(existing)
             elif self.owner:
-                await self._fetch(lock)
+                await self._fetch(lock, token)
             else:
                 await self._follow(lock.path)
         except asyncio.CancelledError:
@@ -304,20 +305,22 @@ class Download:
             self._started.set()
             self._notify()
 
-    def _claim(self, lock: DownloadLock) -> tuple[bool, Committed | None]:
+    def _claim(self, lock: DownloadLock, token: str) -> tuple[bool, Committed | None]:
         """Take the download lock, then see whether the blob is there already (blocking;
-        one worker-thread hop for what a cold file needs before it asks upstream)."""
+        one worker-thread hop for what a cold file needs before it asks upstream). The
+        state published now lets other workers follow at once (a small file's temp file
+        appears only when it is whole)."""
         if not lock.try_acquire():
             return False, None
         sha = self._expected.get("sha256", "")
         if sha and self._store.exists(sha):
             return True, _existing(self._store, sha)
-        lock.write_state({})
+        lock.write_state({"token": token, "state": "running", "size": self._expected_size})
         return True, None
 
-    async def _fetch(self, lock: DownloadLock) -> None:
-        """Own the download: upstream -> temp file -> verify -> blob."""
-        token = uuid.uuid4().hex
+    async def _fetch(self, lock: DownloadLock, token: str) -> None:
+        """Own the download: upstream -> temp file (a small file: memory) -> verify ->
+        blob."""
         writer: BlobWriter | None = None
         committed: Committed | None = None
         self._metrics.inflight_downloads.inc()

@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ class DownloadLock:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
+        self._releasing = threading.Lock()
 
     def try_acquire(self) -> bool:
         """Take the lock without waiting; ``False`` when another process holds it."""
@@ -51,10 +53,12 @@ class DownloadLock:
         return self._fd is not None
 
     def release(self) -> None:
-        """Give the lock up (closing the descriptor releases the flock)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Give the lock up (closing the descriptor releases the flock). Idempotent,
+        also from two threads at once (a download cancelled during its clean-up hop)."""
+        with self._releasing:
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
     def write_state(self, state: dict[str, Any]) -> None:
         """Publish the owner's state for followers (owner only)."""
