@@ -1072,6 +1072,19 @@ def main() -> int:
     return 0 if result["passed"] else 1
 
 
+def output_arguments(parser: argparse.ArgumentParser, *, timeout: float, markdown: bool) -> None:
+    """The options every report-writing script shares: where the JSON (and Markdown)
+    go, the temp dir, and the watchdog (``run_in_workdir`` reads them)."""
+    parser.add_argument("--json", type=Path, help="also write every figure as JSON here")
+    if markdown:
+        parser.add_argument("--markdown", type=Path, help="also write the report here")
+    parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: /tmp)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, caches)")
+    parser.add_argument(
+        "--timeout", type=float, default=timeout, help="abort after this many s"
+    )
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     return {

@@ -41,7 +41,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import HOST, BenchError, HttpError, git_describe, pipgate_origin
+from bench import HOST, BenchError, HttpError, git_describe, output_arguments, pipgate_origin
 from load import (
     FakeUpstream,
     PipgateServer,
@@ -711,10 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--short", action="store_true", help="the CI form: 30 s, 4 kills, 2 raw clients"
     )
-    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: /tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, cache)")
-    parser.add_argument("--timeout", type=float, default=1200, help="abort after this many s")
+    output_arguments(parser, timeout=1200, markdown=False)
     return parser
 
 

@@ -31,7 +31,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
-from bench import HOST, git_describe, log, machine, pipgate_origin, run_in_workdir, write_report
+from bench import (
+    HOST,
+    git_describe,
+    log,
+    machine,
+    output_arguments,
+    pipgate_origin,
+    run_in_workdir,
+    write_report,
+)
 from load import SERVER_ENV, FakeUpstream, PipgateServer
 from pages import cpu_seconds
 from upstream import TREE_SIZE, tree_project
@@ -181,11 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=1, help="pipgate workers (1)")
     parser.add_argument("--python", default=sys.executable, help="interpreter of pipgate")
     parser.add_argument("--short", action="store_true", help="the CI smoke: seconds")
-    parser.add_argument("--json", type=Path, help="also write every figure as JSON here")
-    parser.add_argument("--markdown", type=Path, help="also write the report here")
-    parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: /tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, caches)")
-    parser.add_argument("--timeout", type=float, default=600, help="abort after this many s")
+    output_arguments(parser, timeout=600, markdown=True)
     return parser
 
 

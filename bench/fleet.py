@@ -64,6 +64,7 @@ from bench import (
     machine,
     make_file,
     memory_kib,
+    output_arguments,
     parse_rate,
     pipgate_origin,
     process_tree,
@@ -1259,11 +1260,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--short", action="store_true", help="the CI form: 8 MiB files, 8 clients, seconds"
     )
-    parser.add_argument("--json", type=Path, help="also write every figure as JSON here")
-    parser.add_argument("--markdown", type=Path, help="also write the report here")
-    parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: /tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, caches)")
-    parser.add_argument("--timeout", type=float, default=900, help="abort after this many s")
+    output_arguments(parser, timeout=900, markdown=True)
     return parser
 
 

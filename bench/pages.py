@@ -44,6 +44,7 @@ from bench import (
     Upstream,
     git_describe,
     log,
+    output_arguments,
     pipgate_origin,
     process_tree,
     run_in_workdir,
@@ -555,10 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip the same load on the upstream directly",
     )
-    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: /tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, caches)")
-    parser.add_argument("--timeout", type=float, default=900, help="abort after this many s")
+    output_arguments(parser, timeout=900, markdown=False)
     return parser
 
 

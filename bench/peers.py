@@ -57,6 +57,7 @@ from bench import (
     git_describe,
     log,
     memory_kib,
+    output_arguments,
     pipgate_origin,
     process_tree,
     run_in_workdir,
@@ -951,11 +952,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="interpreter that runs `-m pipgate serve` (another venv's pipgate; default: this one)",
     )
     parser.add_argument("--short", action="store_true", help="the CI smoke: seconds, not figures")
-    parser.add_argument("--json", type=Path, help="also write every figure as JSON here")
-    parser.add_argument("--markdown", type=Path, help="also write the report here")
-    parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default: /tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, caches)")
-    parser.add_argument("--timeout", type=float, default=1800, help="abort after this many s")
+    output_arguments(parser, timeout=1800, markdown=True)
     return parser
 
 

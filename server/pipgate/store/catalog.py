@@ -351,12 +351,8 @@ class Catalog:
         value = await self._get(f"alias:{key}")
         return str(value) if value else None
 
-    async def put_alias(self, key: str, sha256: str) -> None:
-        """Remember the sha256 of a file known by another key."""
-        await self._set(f"alias:{key}", sha256)
-
     def put_alias_now(self, key: str, sha256: str) -> None:
-        """Blocking :meth:`put_alias`."""
+        """Remember the sha256 of a file known by another key (blocking)."""
         self._cache.set(f"alias:{key}", sha256)
 
     # project lists

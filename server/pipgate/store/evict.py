@@ -68,16 +68,18 @@ class Evictor:
     async def update_gauges(self) -> int:
         """Refresh the size gauges; returns the total size."""
         size, files = await self._catalog.totals()
+        self._gauges(size, files)
+        return size
+
+    def _gauges(self, size: int, files: int) -> None:
         self._metrics.cache_size.set(size)
         self._metrics.cache_files.set(files)
-        return size
 
     def committed(self, totals: tuple[int, int]) -> None:
         """A commit was recorded and the catalog's totals read in the same hop: the
         gauges take them, and a pass runs only when they are over ``max_size``."""
         size, files = totals
-        self._metrics.cache_size.set(size)
-        self._metrics.cache_files.set(files)
+        self._gauges(size, files)
         if self._max_size and size > self._max_size:
             self.request()
 
