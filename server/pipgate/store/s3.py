@@ -100,6 +100,8 @@ class S3Blobs(SharedBlobs):
         self.settings = settings
         self.label = f"s3://{settings.bucket}" + (f"/{settings.prefix}" if settings.prefix else "")
         self._blobs = f"{settings.prefix}blobs/"
+        #: Uploads in flight by sha256 (one per blob in this process).
+        self._putting: dict[str, asyncio.Future[bool]] = {}
         self._stack: AsyncExitStack | None = None
         self._client: Any = None
 
@@ -290,7 +292,31 @@ class S3Blobs(SharedBlobs):
     # --- writes ----------------------------------------------------------------------------
 
     async def put(self, sha256: str, path: Path) -> bool:
-        """Commit ``path`` create-only; ``False`` if the blob was already there."""
+        """Commit ``path`` create-only; ``False`` if the blob was already there.
+
+        Concurrent puts of one blob in this process share one upload: besides the
+        bandwidth, some stores (SeaweedFS) let two racing multipart completes both
+        succeed despite ``If-None-Match``, so only one of them may say it created it.
+        """
+        running = self._putting.get(sha256)
+        if running is not None:
+            try:
+                await asyncio.shield(running)
+            except Exception:  # it failed: this put tries on its own
+                pass
+            else:
+                return False
+        task = asyncio.ensure_future(self._put(sha256, path))
+        self._putting[sha256] = task
+
+        def forget(done: asyncio.Future[bool]) -> None:
+            if self._putting.get(sha256) is done:
+                del self._putting[sha256]
+
+        task.add_done_callback(forget)
+        return await asyncio.shield(task)
+
+    async def _put(self, sha256: str, path: Path) -> bool:
         key = self._key(sha256)
         size = (await asyncio.to_thread(os.stat, path)).st_size
         multipart = size > 0 and size >= self.settings.multipart_threshold
