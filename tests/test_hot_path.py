@@ -4,6 +4,7 @@ application must see (a gate, a revalidation, an unnormalised name, a query)."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import urllib.request
 from pathlib import Path
@@ -72,6 +73,86 @@ async def test_a_warm_page_from_the_hot_path_is_the_applications_answer(
     gzipped = hot[1].get("content-encoding") == "gzip"
     assert not gzipped or encoding == "gzip"
     assert b"alpha" in (gzip.decompress(hot[2]) if gzipped else hot[2])
+
+
+@pytest.fixture
+def written(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The request ids of the answers the hot path wrote itself (not aiohttp's)."""
+    ids: list[str] = []
+    real = hot_path._written
+
+    def spy(entry: Any, now: float, rid: str) -> web.StreamResponse:
+        ids.append(rid)
+        return real(entry, now, rid)
+
+    monkeypatch.setattr(hot_path, "_written", spy)
+    return ids
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, str], bytes]:
+    """One HTTP/1.1 answer off a raw connection: status line, headers, body."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    status, *lines = head[:-4].split(b"\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.decode("latin-1").partition(":")
+        assert name.lower() not in headers, f"{name} sent twice"
+        headers[name.lower()] = value.strip()
+    body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 10)
+    return status, headers, body
+
+
+async def test_pipelined_warm_pages_are_written_whole_and_in_order(
+    gate: TestClient, answered: list[str], written: list[str]
+) -> None:
+    plain = {"Accept": JSON, "Accept-Encoding": "identity"}  # as the raw requests below
+    await fetch(gate, "/simple/alpha/", **plain)  # cold; the memo holds it from here
+    routed = await fetch(gate, "/simple/alpha/?via=router", **plain)
+    reader, writer = await asyncio.open_connection(gate.host, gate.port)
+    try:
+        one = b"GET /simple/alpha/ HTTP/1.1\r\nHost: x\r\nAccept: " + JSON.encode()
+        writer.write(one + b"\r\nX-Request-ID: first\r\n\r\n" + one + b"\r\n\r\n")
+        first = await read_answer(reader)
+        second = await read_answer(reader)
+    finally:
+        writer.close()
+    assert written == ["first", second[1]["x-request-id"]]
+    assert first[0] == second[0] == b"HTTP/1.1 200 OK"
+    assert first[2] == second[2] == routed[2]
+    assert first[1]["x-request-id"] == "first" != second[1]["x-request-id"]
+    drop = PER_REQUEST | {"age"}
+    assert {k: v for k, v in first[1].items() if k not in drop} == {
+        k: v for k, v in routed[1].items() if k not in drop
+    }
+    assert "connection" not in first[1]  # HTTP/1.1 stays open by default
+    assert first[1]["date"].endswith(" GMT")
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [b"GET /simple/alpha/ HTTP/1.0\r\n", b"GET /simple/alpha/ HTTP/1.1\r\nConnection: close\r\n"],
+)
+async def test_a_closing_connection_gets_aiohttps_answer_from_the_memo(
+    gate: TestClient, answered: list[str], written: list[str], request_line: bytes
+) -> None:
+    plain = {"Accept": JSON, "Accept-Encoding": "identity"}
+    await fetch(gate, "/simple/alpha/", **plain)
+    routed = await fetch(gate, "/simple/alpha/?via=router", **plain)
+    reader, writer = await asyncio.open_connection(gate.host, gate.port)
+    try:
+        writer.write(request_line + b"Host: x\r\nAccept: " + JSON.encode() + b"\r\n\r\n")
+        status, headers, body = await read_answer(reader)
+        rest = await asyncio.wait_for(reader.read(), 10)  # the server closes
+    finally:
+        writer.close()
+    assert status.endswith(b" 200 OK") and body == routed[2] and rest == b""
+    assert headers["x-pipgate-cache"] == "hit" and headers["x-request-id"]
+    assert answered == ["/simple/alpha/"] and written == []  # aiohttp's Response
+
+
+def test_a_header_that_cannot_be_sent_as_it_is_leaves_the_answer_to_aiohttp() -> None:
+    assert hot_path.wire_head({"ETag": '"a"'}, 3).startswith(b"HTTP/1.1 200 OK\r\nETag: \"a\"")
+    assert hot_path.wire_head({"X-Bad": "a\r\nSet-Cookie: b"}, 3) == b""
 
 
 async def test_the_hot_path_answers_conditional_requests_as_the_application(

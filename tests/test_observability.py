@@ -311,7 +311,7 @@ def test_the_fast_access_line_is_the_line_the_formatter_writes(fmt: str) -> None
     now = 1_800_000_123.456
     writer = logs.AccessLine()
     writer.install(logs.BufferedHandler(), fmt)
-    fast = writer.line(now, message, fields)
+    fast = writer.line(now, message, "abc123", lambda: fields)
 
     record = logging.LogRecord("pipgate.access", logging.INFO, __file__, 1, "%s", (message,), None)
     record.created, record.msecs = now, (now - int(now)) * 1000

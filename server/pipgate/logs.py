@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 #: The id of the request being handled (``-`` outside requests).
@@ -153,17 +154,19 @@ class AccessLine:
             return None
         return handler
 
-    def write(self, message: str, fields: dict[str, Any]) -> None:
-        """One access line: ``message`` and the structured ``fields`` (JSON)."""
+    def write(self, message: str, request_id: str, fields: Callable[[], dict[str, Any]]) -> None:
+        """One access line: ``message``, and the structured ``fields`` (JSON), made only
+        when a JSON line or a ``LogRecord`` needs them."""
         handler = self._fast()
         if handler is None:
             if self.logger.isEnabledFor(logging.INFO):
-                self.logger.info("%s", message, extra=fields)
+                self.logger.info("%s", message, extra=fields())
             return
-        now = time.time()
-        handler.write_line(self.line(now, message, fields))
+        handler.write_line(self.line(time.time(), message, request_id, fields))
 
-    def line(self, now: float, message: str, fields: dict[str, Any]) -> str:
+    def line(
+        self, now: float, message: str, request_id: str, fields: Callable[[], dict[str, Any]]
+    ) -> str:
         """The line as :class:`JsonFormatter` or :class:`TextFormatter` writes it."""
         second = int(now)
         millis = int((now - second) * 1000)
@@ -175,13 +178,12 @@ class AccessLine:
                 "logger": self.logger.name,
                 "message": message,
             }
-            entry.update((k, v) for k, v in fields.items() if v is not None)
+            entry.update((k, v) for k, v in fields().items() if v is not None)
             return json.dumps(entry, default=str) + "\n"
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        rid = fields.get("request_id", "-")
-        return f"{self._stamp},{millis:03d} INFO {self.logger.name} [{rid}] {message}\n"
+        return f"{self._stamp},{millis:03d} INFO {self.logger.name} [{request_id}] {message}\n"
 
 
 #: The access line writer of this process (``setup`` points it at the handler).

@@ -48,6 +48,9 @@ class HotPage:
     #: What the answer was made from (the ops view of incompatible installs reads it).
     page: ProjectPage
     digest: str
+    #: The status line and headers but the per-request ones, as sent (the hot path
+    #: makes it on first use: :func:`pipgate.web.hot_path.wire_head`).
+    head: bytes | None = None
 
     def age_at(self, now: float) -> str:
         return str(int(self.age + now - self.made))

@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from http import HTTPStatus
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -76,30 +77,40 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def account(
-    request: web.Request, svc: Services, route: str, status: int, elapsed: float, rid: str
+    request: web.Request,
+    svc: Services,
+    route: str,
+    status: int,
+    elapsed: float,
+    rid: str,
+    path: str | None = None,
 ) -> None:
     """The request counter and latency histogram, and the access line, of one request
-    (here and on the hot path, :mod:`pipgate.web.hot_path`)."""
-    method = request.method if request.method in ("GET", "HEAD") else "other"
-    svc.metrics.request_done(route, method, status, elapsed)
+    (here and on the hot path, :mod:`pipgate.web.hot_path`, which knows ``path``: the
+    request's, without a query)."""
+    method = request.method
+    counted = method if method in ("GET", "HEAD") else "other"
+    svc.metrics.request_done(route, counted, status, elapsed)
     if access_line.logger.isEnabledFor(logging.INFO):
         remote = request.remote
-        path = str(request.rel_url)
-        access_line.write(
-            f'{remote} "{request.method} {path}" {status} {elapsed:.3f}s pid={_PID}',
-            {
+        shown = str(request.rel_url) if path is None else path
+
+        def fields() -> dict[str, Any]:
+            return {
                 "event": "access",
                 "remote": remote,
-                "method": request.method,
-                "path": path,
+                "method": method,
+                "path": shown,
                 "route": route,
                 "status": status,
                 "duration": round(elapsed, 6),
                 "user_agent": request.headers.get("User-Agent", "")[:200],
                 "pid": _PID,
                 "request_id": rid,
-            },
-        )
+            }
+
+        message = f'{remote} "{method} {shown}" {status} {elapsed:.3f}s pid={_PID}'
+        access_line.write(message, rid, fields)
 
 
 def client_address(request: web.Request, trust_forwarded: bool) -> str:

@@ -14,7 +14,7 @@ from pipgate.simple.model import ProjectPage
 from pipgate.simple.names import is_valid_name, normalize
 from pipgate.simple.negotiate import PageFormat, choose_format
 from pipgate.web.files import send_file_path
-from pipgate.web.hot_pages import Key
+from pipgate.web.hot_pages import HotPage, Key
 from pipgate.web.http import accepts_gzip, text_error, wants_revalidation
 from pipgate.web.ranges import etag_matches
 from pipgate.web.state import Services, services
@@ -143,10 +143,21 @@ def hot_answer(request: web.Request, svc: Services, key: Key) -> web.Response | 
     hot = svc.hot_pages.get(key)
     if hot is None:
         return None
-    entry, now = hot
+    return answer_from(request, svc, *hot)
+
+
+def answer_from(request: web.Request, svc: Services, entry: HotPage, now: float) -> web.Response:
+    """The answer made from a memo entry (a page cache hit)."""
     svc.metrics.cache("page", "hit")
     headers = {**entry.headers, "Age": entry.age_at(now)}
     return _answer(request, svc, entry.body, headers, entry.etag, entry.page, entry.digest)
+
+
+def hot_served(request: web.BaseRequest, svc: Services, entry: HotPage) -> None:
+    """What answering ``entry``'s 200 from the memo counts and notes, for an answer the
+    hot path writes itself (:mod:`pipgate.web.hot_path`)."""
+    svc.metrics.cache("page", "hit")
+    _note_environment(request, svc, entry.page, entry.digest)
 
 
 def hot_key(request: web.Request, svc: Services, name: str) -> Key | None:
@@ -179,12 +190,18 @@ def _answer(
 ) -> web.Response:
     if etag_matches(request.headers.get("If-None-Match"), etag):
         return web.Response(status=304, headers=_without_type(headers))
+    _note_environment(request, svc, page, digest)
+    # The body is already encoded as negotiated; aiohttp must not touch it.
+    return web.Response(body=body, headers=headers)
+
+
+def _note_environment(
+    request: web.BaseRequest, svc: Services, page: ProjectPage, digest: str
+) -> None:
     env = environment_of(request.headers.get("User-Agent"))
     if env is not None:
         # An installer that said what it runs on: note it if nothing new installs there.
         svc.incompatible.page_served(page, digest, env)
-    # The body is already encoded as negotiated; aiohttp must not touch it.
-    return web.Response(body=body, headers=headers)
 
 
 async def project_no_slash(request: web.Request) -> web.StreamResponse:
