@@ -168,6 +168,7 @@ class FileService:
             loop.call_soon_threadsafe(self._evictor.committed, recorder(committed))
 
         async def on_commit(committed: Committed) -> None:
+            self._just_stored(offer, key, committed)
             self._derive_later(offer, key)
             await self._fleet.committed(key, committed)
 
@@ -336,14 +337,12 @@ class FileService:
             self._metrics.cache("metadata", "hit")
             return recent
         # Stored already, or in a cached wheel (its own METADATA: no upstream request).
-        sha = await asyncio.to_thread(self._derived.find, offer.project, offer.dist, key)
-        if sha is not None:
-            size = await asyncio.to_thread(self._blobs.size, sha)
-            if size is not None:
-                self._metrics.cache("metadata", "hit")
-                served = Served(name, sha, size, self._blobs.path(sha), upstream=offer.upstream)
-                self._remember_hit(meta_key, served)
-                return served
+        sha, size = await asyncio.to_thread(self._stored_metadata_blob, offer, key)
+        if sha is not None and size is not None:
+            self._metrics.cache("metadata", "hit")
+            served = Served(name, sha, size, self._blobs.path(sha), upstream=offer.upstream)
+            self._remember_hit(meta_key, served)
+            return served
         task = self._metadata_inflight.get(meta_key)
         if task is None:
             task = asyncio.create_task(self._fetch_metadata(offer, key))
@@ -389,6 +388,11 @@ class FileService:
         self._stored_metadata.add(key)
         if fetched:
             self._fleet.publish_small(committed)
+        # What the next requests' look-up would find (within HIT_MEMO_SECONDS).
+        self._remember_hit(
+            metadata_key(key),
+            Served(name, committed.sha256, committed.size, committed.path, upstream=offer.upstream),
+        )
         return Served(
             name,
             committed.sha256,
@@ -397,6 +401,12 @@ class FileService:
             result="miss",
             upstream=offer.upstream,
         )
+
+    def _stored_metadata_blob(self, offer: FileOffer, key: str) -> tuple[str | None, int | None]:
+        """The metadata blob of ``offer`` (stored, or derived now from its cached wheel)
+        and its size: one blocking look-up."""
+        sha = self._derived.find(offer.project, offer.dist, key)
+        return sha, None if sha is None else self._blobs.size(sha)
 
     async def small_body(self, served: Served) -> bytes | None:
         """The whole verified body of a small cached blob, from memory after the first
@@ -468,6 +478,24 @@ class FileService:
             self._hits.clear()
         self._hits.pop((key, served.filename), None)  # to the end: oldest stay first
         self._hits[(key, served.filename)] = (served, now)
+
+    def _just_stored(self, offer: FileOffer, key: str, committed: Committed) -> None:
+        """What a cache hit on a blob committed and recorded a moment ago would find: the
+        installs that follow at once need no catalog look-up, and no access time (the
+        record set it)."""
+        sha = committed.sha256
+        self._touched.pop(sha, None)
+        self._touched[sha] = time.time()
+        self._remember_hit(
+            key,
+            Served(
+                filename=offer.dist.filename,
+                sha256=sha,
+                size=committed.size,
+                path=self._blobs.path(sha),
+                upstream=offer.upstream,
+            ),
+        )
 
     def _cached(self, offer: FileOffer, key: str) -> Served | None:
         """The cached blob of an offered file, if any (blocking).

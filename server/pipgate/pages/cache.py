@@ -72,6 +72,8 @@ class PageCache:
         """Record when files without an upload time were first seen, returning every
         such time (blocking: a fresh page does it in its parse-and-store hop)."""
         unstamped = [f.filename for f in page.files if not f.upload_time]
+        if not unstamped:  # the policy reads first-seen times only for these
+            return {}
         return self._catalog.first_seen_now(self.name, page.name, unstamped, time.time())
 
     async def remember(
@@ -82,7 +84,7 @@ class PageCache:
         returned)."""
         unstamped = [f.filename for f in page.files if not f.upload_time]
         if seen is None:
-            seen = await asyncio.to_thread(self.record_first_seen, page)
+            seen = await asyncio.to_thread(self.record_first_seen, page) if unstamped else {}
         served, served_digest = page, digest
         if self._synthesize and unstamped:
             served = replace(

@@ -216,6 +216,9 @@ class Catalog:
     ) -> dict[str, float]:
         """Blocking :meth:`first_seen`."""
         key = f"seen/{source}/{project}"
+        known = self._cache.get(key) or {}
+        if all(f in known for f in filenames):  # a page seen before: no write lock
+            return dict(known)
         with self._cache.transact():
             seen = dict(self._cache.get(key) or {})
             missing = [f for f in filenames if f not in seen]
