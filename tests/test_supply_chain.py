@@ -142,6 +142,23 @@ async def test_first_seen_times_stand_in_for_a_missing_upload_time(
         fake.stop()
 
 
+def test_first_seen_times_are_written_once_and_then_read_without_a_write_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every load of a page without upload times asks for them: a page seen before
+    must not queue behind other workers' writes for SQLite's write lock."""
+    catalog = Catalog(tmp_path / "c")
+    try:
+        assert catalog.first_seen_now("nexus", "cool", ["a.whl"], 100.0) == {"a.whl": 100.0}
+        with monkeypatch.context() as patched:
+            patched.setattr(catalog._cache, "transact", lambda: pytest.fail("write lock"))
+            assert catalog.first_seen_now("nexus", "cool", ["a.whl"], 200.0) == {"a.whl": 100.0}
+        both = catalog.first_seen_now("nexus", "cool", ["a.whl", "b.whl"], 300.0)
+        assert both == {"a.whl": 100.0, "b.whl": 300.0}  # a new file: its time, once
+    finally:
+        catalog.close()
+
+
 @pytest.mark.clients
 def test_synthesized_upload_times_let_uv_exclude_newer_work_on_such_an_index(
     tmp_path: Path,
