@@ -350,6 +350,11 @@ class Metrics:
         self._child(self.http_requests, (route, method, str(status))).inc()
         self._child(self.http_duration, (route,)).observe(seconds)
 
+    def upstream_done(self, upstream: str, kind: str, outcome: str, seconds: float) -> None:
+        """Count one request to upstream and the time to its response headers."""
+        self._child(self.upstream_requests, (upstream, kind, outcome)).inc()
+        self._child(self.upstream_duration, (upstream, kind)).observe(seconds)
+
     def _child(self, metric: Any, values: tuple[str, ...]) -> Any:
         """``metric.labels(*values)``, remembered: ``labels()`` validates and locks on
         every call, a few µs that every request paid several times. Label sets are

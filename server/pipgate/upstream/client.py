@@ -386,19 +386,21 @@ class UpstreamClient:
     ) -> None:
         """Count and time one request to upstream, and log its event line."""
         elapsed = time.monotonic() - started
-        self.metrics.upstream_requests.labels(upstream=self.name, kind=kind, outcome=outcome).inc()
-        self.metrics.upstream_duration.labels(upstream=self.name, kind=kind).observe(elapsed)
+        self.metrics.upstream_done(self.name, kind, outcome, elapsed)
+        if not log.isEnabledFor(logging.INFO):
+            return
+        shown = redact_url(url)
         log.info(
             "upstream %s %s -> %s in %.3fs%s",
             kind,
-            redact_url(url),
+            shown,
             status if status is not None else outcome,
             elapsed,
             f" via {proxy.label}" if proxy else "",
             extra={
                 "event": "upstream_fetch",
                 "kind": kind,
-                "url": redact_url(url),
+                "url": shown,
                 "status": status,
                 "outcome": outcome,
                 "duration": round(elapsed, 6),
