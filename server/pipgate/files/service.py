@@ -168,7 +168,7 @@ class FileService:
             loop.call_soon_threadsafe(self._evictor.committed, recorder(committed))
 
         async def on_commit(committed: Committed) -> None:
-            self._just_stored(offer, key, committed)
+            self._just_stored(committed)
             self._derive_later(offer, key)
             await self._fleet.committed(key, committed)
 
@@ -388,11 +388,6 @@ class FileService:
         self._stored_metadata.add(key)
         if fetched:
             self._fleet.publish_small(committed)
-        # What the next requests' look-up would find (within HIT_MEMO_SECONDS).
-        self._remember_hit(
-            metadata_key(key),
-            Served(name, committed.sha256, committed.size, committed.path, upstream=offer.upstream),
-        )
         return Served(
             name,
             committed.sha256,
@@ -479,23 +474,11 @@ class FileService:
         self._hits.pop((key, served.filename), None)  # to the end: oldest stay first
         self._hits[(key, served.filename)] = (served, now)
 
-    def _just_stored(self, offer: FileOffer, key: str, committed: Committed) -> None:
-        """What a cache hit on a blob committed and recorded a moment ago would find: the
-        installs that follow at once need no catalog look-up, and no access time (the
-        record set it)."""
-        sha = committed.sha256
-        self._touched.pop(sha, None)
-        self._touched[sha] = time.time()
-        self._remember_hit(
-            key,
-            Served(
-                filename=offer.dist.filename,
-                sha256=sha,
-                size=committed.size,
-                path=self._blobs.path(sha),
-                upstream=offer.upstream,
-            ),
-        )
+    def _just_stored(self, committed: Committed) -> None:
+        """A blob committed and recorded a moment ago has its access time (the record
+        set it): the installs that follow at once write none."""
+        self._touched.pop(committed.sha256, None)
+        self._touched[committed.sha256] = time.time()
 
     def _cached(self, offer: FileOffer, key: str) -> Served | None:
         """The cached blob of an offered file, if any (blocking).
