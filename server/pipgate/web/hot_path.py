@@ -17,10 +17,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from email.utils import formatdate
 from typing import cast
 
 from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time  # aiohttp's own Date, cached per second
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 
 from pipgate.logs import new_request_id
@@ -117,15 +117,16 @@ def wire_head(headers: dict[str, str], length: int) -> bytes:
     as aiohttp would send them (empty when a value could not be sent as it is)."""
     fixed = {**headers, "Content-Length": str(length)}
     fixed.setdefault("Server", SERVER_SOFTWARE)
-    lines = [f"{name}: {value}\r\n" for name, value in fixed.items()]
-    if any("\r" in line[:-2] or "\n" in line[:-2] for line in lines):
-        return b""
-    return ("HTTP/1.1 200 OK\r\n" + "".join(lines)).encode("latin-1", "replace")
+    text = "".join(f"{name}: {value}\r\n" for name, value in fixed.items())
+    if text.count("\r") != len(fixed) or text.count("\n") != len(fixed):
+        return b""  # a CR or LF inside a name or value
+    return ("HTTP/1.1 200 OK\r\n" + text).encode("latin-1", "replace")
 
 
 def _written(entry: HotPage, now: float, rid: str) -> web.StreamResponse:
     assert entry.head is not None
-    tail = f"Age: {entry.age_at(now)}\r\nX-Request-ID: {rid}\r\nDate: {_date()}\r\n\r\n"
+    date = rfc822_formatted_time()
+    tail = f"Age: {entry.age_at(now)}\r\nX-Request-ID: {rid}\r\nDate: {date}\r\n\r\n"
     data = b"".join((entry.head, tail.encode("latin-1", "replace"), entry.body))
     # aiohttp's connection loop uses only prepare, write_eof and keep_alive of what a
     # handler returns (and status, body_length, headers for its access logger).
@@ -159,20 +160,3 @@ class WrittenAnswer:
 
     async def write_eof(self, data: bytes = b"") -> None:
         """Nothing more to send: the buffer held the whole answer."""
-
-
-class _Date:
-    """``Date`` for now, made once a second (as aiohttp does)."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._text = ""
-
-    def __call__(self) -> str:
-        now = int(time.time())
-        if now != self._second:
-            self._second, self._text = now, formatdate(now, usegmt=True)
-        return self._text
-
-
-_date = _Date()
